@@ -1,0 +1,1 @@
+//! Sweep files (TOML or JSON) parsed into a validated `SweepSpec`; errors name the key and line.

@@ -1,0 +1,298 @@
+//! The durable queue: jobs, their tasks, leases and retries. `Store` is implemented for
+//! Postgres (production) and SQLite (the embedded default); one conformance suite runs
+//! against both so they cannot drift apart.
+
+use async_trait::async_trait;
+use sdfarm_proto::RenderParams;
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod conformance;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch. Every store method takes `now` from the caller so
+/// tests control time (the coordinator passes its clock).
+pub type Millis = i64;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    /// Completion or failure from a worker that no longer holds the task's lease
+    /// (it expired and was rescued, or the job was cancelled). Never treated as success.
+    #[error("task {task_id} is not leased to worker {worker} any more")]
+    LeaseLost { task_id: i64, worker: String },
+    #[error("stored data for task {task_id} is unreadable: {reason}")]
+    Corrupt { task_id: i64, reason: String },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url {0:?}: expected postgres://… or sqlite:…")]
+    UnsupportedUrl(String),
+}
+
+/// Task states, in the spirit of River's: a task is `available` until leased, `running`
+/// while a worker holds its lease, `retryable` (waiting out a backoff) after a failed attempt,
+/// and finally `completed`, `cancelled` or `discarded` (attempts exhausted or not retryable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Available,
+    Running,
+    Retryable,
+    Completed,
+    Cancelled,
+    Discarded,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Available => "available",
+            TaskState::Running => "running",
+            TaskState::Retryable => "retryable",
+            TaskState::Completed => "completed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Discarded => "discarded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        Some(match s {
+            "available" => TaskState::Available,
+            "running" => TaskState::Running,
+            "retryable" => TaskState::Retryable,
+            "completed" => TaskState::Completed,
+            "cancelled" => TaskState::Cancelled,
+            "discarded" => TaskState::Discarded,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Cancelled | TaskState::Discarded
+        )
+    }
+}
+
+/// A job as submitted: its tasks are inserted in the same transaction.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub name: String,
+    /// The sweep file as submitted, kept so a job can be re-planned or audited.
+    pub sweep: String,
+    /// Object-store prefix under which the job's images are written.
+    pub output_prefix: String,
+    /// Attempts before a task is discarded (the first run counts as attempt 1).
+    pub max_attempts: u32,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub image_index: u32,
+    pub params: RenderParams,
+    pub output_key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub total: u64,
+    pub available: u64,
+    pub running: u64,
+    pub retryable: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub discarded: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    pub sweep: String,
+    pub output_prefix: String,
+    pub max_attempts: u32,
+    pub priority: i32,
+    pub cancelled: bool,
+    pub created_at: Millis,
+    /// Set when the last task reaches a final state.
+    pub finished_at: Option<Millis>,
+    pub counts: TaskCounts,
+}
+
+impl JobRecord {
+    /// The job's state follows from its task counts; it is never stored separately so it
+    /// cannot disagree with them.
+    pub fn state(&self) -> JobState {
+        let c = &self.counts;
+        if self.cancelled {
+            JobState::Cancelled
+        } else if c.completed == c.total {
+            JobState::Succeeded
+        } else if c.available + c.running + c.retryable == 0 {
+            JobState::Failed
+        } else {
+            JobState::Running
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub id: i64,
+    pub job_id: String,
+    pub image_index: u32,
+    pub params: RenderParams,
+    pub state: TaskState,
+    /// Attempts started so far (incremented by each claim).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub output_key: String,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    /// When a retryable task may be claimed again.
+    pub scheduled_at: Millis,
+    pub sha256: Option<String>,
+    pub infotext: Option<String>,
+    /// One reason per failed attempt, oldest first.
+    pub errors: Vec<String>,
+    pub finalized_at: Option<Millis>,
+}
+
+/// What a worker reports when a task's image is safely in object storage.
+#[derive(Debug, Clone)]
+pub struct TaskOutput {
+    pub sha256: String,
+    pub infotext: String,
+    pub render_ms: u64,
+}
+
+/// Polynomial backoff with jitter between attempts: `base * attempt^exponent`, capped,
+/// then spread by ±`jitter` so a burst of failures does not return all at once.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base_ms: i64,
+    pub exponent: u32,
+    pub max_ms: i64,
+    /// Fraction of the delay used as jitter (0.0 = deterministic).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base_ms: 1_000,
+            exponent: 2,
+            max_ms: 10 * 60 * 1_000,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the next attempt after `attempt` attempts have failed (attempt >= 1).
+    pub fn delay_ms(&self, attempt: u32) -> i64 {
+        let raw = (self.base_ms as f64) * (attempt.max(1) as f64).powi(self.exponent as i32);
+        let capped = raw.min(self.max_ms as f64);
+        let spread = if self.jitter > 0.0 {
+            capped * self.jitter * (rand::random::<f64>() * 2.0 - 1.0)
+        } else {
+            0.0
+        };
+        (capped + spread).max(0.0) as i64
+    }
+}
+
+/// Tasks the rescuer handled in one pass.
+#[derive(Debug, Clone, Default)]
+pub struct RescueReport {
+    /// Returned to the queue (state `retryable`) with a backoff.
+    pub retried: Vec<i64>,
+    /// Out of attempts: discarded with the reason recorded.
+    pub discarded: Vec<i64>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts the job and all its tasks atomically: either the whole sweep is stored or
+    /// nothing is.
+    async fn create_job(&self, job: &NewJob, tasks: &[NewTask], now: Millis) -> Result<()>;
+
+    async fn get_job(&self, id: &str) -> Result<JobRecord>;
+
+    /// Newest first.
+    async fn list_jobs(&self, limit: u32) -> Result<Vec<JobRecord>>;
+
+    /// In image order.
+    async fn list_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>>;
+
+    /// Leases up to `max` claimable tasks (available, or retryable whose `scheduled_at` has
+    /// passed, of jobs not cancelled) to `worker` until `now + lease_ms`, highest job priority
+    /// first, then oldest. Each claim increments the task's attempt. Two concurrent callers
+    /// never receive the same task.
+    async fn claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>>;
+
+    /// Extends the leases `worker` holds on `task_ids` to `now + lease_ms`. Returns the ids
+    /// of tasks it no longer holds (expired and rescued, completed elsewhere, cancelled).
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        task_ids: &[i64],
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<i64>>;
+
+    /// Marks a running task completed. Fenced on the lease owner: a worker that lost the
+    /// lease gets `StoreError::LeaseLost` and nothing changes.
+    async fn complete(
+        &self,
+        task_id: i64,
+        worker: &str,
+        output: &TaskOutput,
+        now: Millis,
+    ) -> Result<()>;
+
+    /// Records a failed attempt (fenced like `complete`). The task becomes `retryable` after a
+    /// backoff, or `discarded` when it is not retryable or its attempts are used up.
+    /// Returns the new state.
+    async fn fail(
+        &self,
+        task_id: i64,
+        worker: &str,
+        reason: &str,
+        retryable: bool,
+        policy: &RetryPolicy,
+        now: Millis,
+    ) -> Result<TaskState>;
+
+    /// Returns running tasks whose lease expired before `now` to the queue with a backoff,
+    /// or discards them when their attempts are used up, recording "lease expired" as the
+    /// attempt's reason.
+    async fn rescue_expired(&self, policy: &RetryPolicy, now: Millis) -> Result<RescueReport>;
+
+    /// Cancels every task of the job that has not reached a final state.
+    async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord>;
+}

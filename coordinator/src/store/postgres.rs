@@ -1,0 +1,2 @@
+//! Postgres implementation of `Store`.
+pub struct PostgresStore;

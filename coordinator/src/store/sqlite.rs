@@ -1,0 +1,2 @@
+//! SQLite implementation of `Store`.
+pub struct SqliteStore;

@@ -1,0 +1,12 @@
+//! sdfarm's wire protocol: generated gRPC types for `sdfarm.v1`, plus the protocol version
+//! both sides check when a worker registers and heartbeats.
+
+/// Bumped when a change to `sdfarm.v1` needs coordinator and worker to agree.
+/// A worker with another version is refused with `FAILED_PRECONDITION`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub mod v1 {
+    tonic::include_proto!("sdfarm.v1");
+}
+
+pub use v1::RenderParams;

@@ -1,0 +1,6 @@
+//! sdfarm's GPU worker: leases tasks from the coordinator, renders them with candle and puts
+//! the PNGs into object storage.
+
+pub mod engine;
+pub mod models;
+pub mod output;

@@ -1,0 +1,1 @@
+//! Model references, resolution to local files, and the built-in tiny model.

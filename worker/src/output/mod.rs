@@ -1,0 +1,1 @@
+//! PNG encoding with AUTOMATIC1111 infotext, and reading it back.
