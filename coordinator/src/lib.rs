@@ -1,6 +1,68 @@
 //! sdfarm's coordinator: parses and expands sweeps, stores jobs and tasks durably, and leases
 //! tasks to workers over gRPC.
+//!
+//! `run` is the entry point of the `sdfarm coordinator` command and of the embedded
+//! `sdfarm run`; tests bind `127.0.0.1:0` and call it in-process.
 
+pub mod clock;
+pub mod error;
+pub mod events;
 pub mod expand;
+pub mod grpc;
+pub mod http;
+pub mod service;
 pub mod spec;
 pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sdfarm_proto::v1::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{Error, Result};
+pub use service::{Coordinator, CoordinatorConfig};
+
+/// Serves gRPC on `grpc` (and the HTTP health endpoints on `http`, if given) and runs the
+/// rescuer, until `shutdown` resolves.
+pub async fn run(
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    coordinator: Arc<Coordinator>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), ServeError> {
+    let rescuer = tokio::spawn(coordinator.clone().rescue_loop());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = http.map(|listener| {
+        let mut stop = stop_rx.clone();
+        let router = http::router(coordinator.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
+    let api = grpc::GrpcApi::new(coordinator);
+    tracing::info!(addr = ?grpc.local_addr().ok(), "coordinator listening");
+    let result = tonic::transport::Server::builder()
+        .add_service(JobServiceServer::new(api.clone()))
+        .add_service(WorkerServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    rescuer.abort();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    result.map_err(ServeError::from)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}

@@ -1,0 +1,329 @@
+//! The worker's gRPC loop: register, lease (long-poll), heartbeat while rendering, report
+//! progress, upload the PNG, then complete or fail the task.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sdfarm_proto::v1::{self as pb, worker_service_client::WorkerServiceClient};
+use sdfarm_proto::PROTOCOL_VERSION;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::engine::{Engine, EngineError};
+use crate::models::ModelResolver;
+use crate::output;
+use crate::storage::{OutputStore, StorageError};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator gRPC address, e.g. `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    /// Name shown in job records; the coordinator appends a unique suffix.
+    pub name: String,
+    /// Where resolved and built-in models are kept on disk.
+    pub cache_dir: PathBuf,
+    /// Long-poll duration of one lease call.
+    pub lease_wait: Duration,
+    /// Overrides the object store the coordinator announces (for workers that see it under
+    /// another URL).
+    pub store_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot reach coordinator at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("coordinator refused: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Runs the worker until `shutdown` resolves. A task being rendered when shutdown arrives is
+/// finished and reported before returning; no new task is leased.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let Some(mut client) = connect(&config.coordinator, stop_rx.clone()).await? else {
+        return Ok(());
+    };
+    let reg = client
+        .register(pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_name: config.name.clone(),
+            max_batch: 1,
+        })
+        .await?
+        .into_inner();
+    let store_url = config.store_url.clone().unwrap_or(reg.store_url);
+    let store = OutputStore::open(&store_url)?;
+    let engine = Arc::new(Engine::new(ModelResolver::new(config.cache_dir.clone())));
+    tracing::info!(worker = %reg.worker_id, store = %store_url, "worker registered");
+    let worker = Worker {
+        client,
+        id: reg.worker_id,
+        lease: Duration::from_millis(reg.lease_ms.max(300) as u64),
+        store,
+        engine,
+    };
+    worker.serve(config.lease_wait, stop_rx).await
+}
+
+/// Connects, retrying while the coordinator is not up yet. `None` if shutdown came first.
+async fn connect(
+    addr: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<WorkerServiceClient<Channel>>, WorkerError> {
+    let mut delay = Duration::from_millis(100);
+    let started = Instant::now();
+    loop {
+        match WorkerServiceClient::connect(addr.to_string()).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(source) if started.elapsed() > Duration::from_secs(60) => {
+                return Err(WorkerError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+            Err(err) => tracing::warn!(%addr, error = %err, "coordinator not reachable yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+struct Worker {
+    client: WorkerServiceClient<Channel>,
+    id: String,
+    lease: Duration,
+    store: OutputStore,
+    engine: Arc<Engine>,
+}
+
+impl Worker {
+    async fn serve(
+        mut self,
+        lease_wait: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let request = pb::LeaseRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: self.id.clone(),
+                max_tasks: 1,
+                wait_ms: lease_wait.as_millis() as u32,
+                loaded_models: self.engine.loaded_models(),
+            };
+            let mut client = self.client.clone();
+            let leased = tokio::select! {
+                r = client.lease(request) => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            let tasks = match leased {
+                Ok(r) => r.into_inner().tasks,
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    return Err(status.into())
+                }
+                Err(status) => {
+                    tracing::warn!(error = %status, "lease failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for task in tasks {
+                self.process(task).await;
+            }
+        }
+    }
+
+    async fn process(&mut self, task: pb::LeasedTask) {
+        let span = tracing::info_span!("task", task_id = task.task_id, job_id = %task.job_id);
+        self.process_in_span(task).instrument(span).await
+    }
+
+    async fn process_in_span(&mut self, task: pb::LeasedTask) {
+        let started = Instant::now();
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.client.clone(),
+            self.id.clone(),
+            task.task_id,
+            self.lease / 3,
+            lost.clone(),
+        ));
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let progress = tokio::spawn(progress_loop(
+            self.client.clone(),
+            self.id.clone(),
+            task.task_id,
+            task.job_id.clone(),
+            progress_rx,
+        ));
+
+        let params = task.params.clone().unwrap_or_default();
+        let engine = self.engine.clone();
+        let lost_in_render = lost.clone();
+        let rendered = tokio::task::spawn_blocking(move || {
+            let mut on_step = |step: u32, total: u32| {
+                let _ = progress_tx.send((step, total));
+                !lost_in_render.load(Ordering::Relaxed)
+            };
+            engine.render(&params, &mut on_step)
+        })
+        .await;
+        let _ = progress.await;
+
+        let outcome = match rendered {
+            Ok(Ok(image)) => {
+                let params = task.params.clone().unwrap_or_default();
+                self.deliver(&task, &params, image, started).await
+            }
+            Ok(Err(EngineError::Cancelled)) => {
+                tracing::info!("render stopped: lease lost or job cancelled");
+                Ok(())
+            }
+            Ok(Err(err)) => Err((err.to_string(), err.retryable())),
+            Err(join) => Err((format!("render crashed: {join}"), true)),
+        };
+        heartbeat.abort();
+        if let Err((reason, retryable)) = outcome {
+            let req = pb::FailRequest {
+                worker_id: self.id.clone(),
+                task_id: task.task_id,
+                reason,
+                retryable,
+            };
+            if let Err(status) = self.client.fail(req).await {
+                tracing::warn!(error = %status, "could not report failure; the lease will expire");
+            }
+        }
+    }
+
+    /// Encodes, uploads and completes. An error is the reason to report and whether another
+    /// attempt may succeed.
+    async fn deliver(
+        &mut self,
+        task: &pb::LeasedTask,
+        params: &sdfarm_proto::RenderParams,
+        image: crate::engine::RenderedImage,
+        started: Instant,
+    ) -> Result<(), (String, bool)> {
+        let infotext = output::infotext(params, &image.model_name, &image.model_hash);
+        let png = output::encode_png(&image.rgb, image.width, image.height, &infotext)
+            .map_err(|e| (format!("PNG encoding failed: {e}"), false))?;
+        let sha256 = output::sha256_hex(&png);
+        let mut attempt = 0;
+        loop {
+            match self.store.put(&task.output_key, png.clone()).await {
+                Ok(()) => break,
+                Err(err) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, attempt, "upload failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(err) => return Err((format!("upload to {} failed: {err}", self.store.url()), true)),
+            }
+        }
+        let req = pb::CompleteRequest {
+            worker_id: self.id.clone(),
+            task_id: task.task_id,
+            output_key: task.output_key.clone(),
+            sha256,
+            infotext,
+            render_ms: started.elapsed().as_millis() as u64,
+        };
+        match self.client.complete(req).await {
+            Ok(_) => {
+                tracing::info!(key = %task.output_key, "task completed");
+                Ok(())
+            }
+            // Another worker holds the task now; its upload writes the same key, so dropping
+            // this result loses nothing.
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                tracing::warn!(error = %status, "completion refused: lease lost");
+                Ok(())
+            }
+            Err(status) => Err((format!("completion not recorded: {status}"), true)),
+        }
+    }
+}
+
+/// Extends the lease every third of its length; flags the task lost when the coordinator
+/// says the worker no longer holds it.
+async fn heartbeat_loop(
+    mut client: WorkerServiceClient<Channel>,
+    worker_id: String,
+    task_id: i64,
+    every: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let req = pb::HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker_id.clone(),
+            task_ids: vec![task_id],
+        };
+        match client.heartbeat(req).await {
+            Ok(r) if r.get_ref().lost_task_ids.contains(&task_id) => {
+                lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {}
+            Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
+        }
+    }
+}
+
+/// Forwards step progress, at most a few times a second: progress is for people watching.
+async fn progress_loop(
+    mut client: WorkerServiceClient<Channel>,
+    worker_id: String,
+    task_id: i64,
+    job_id: String,
+    mut rx: mpsc::UnboundedReceiver<(u32, u32)>,
+) {
+    let min_gap = Duration::from_millis(200);
+    let mut last_sent = Instant::now() - min_gap;
+    while let Some((mut step, mut total)) = rx.recv().await {
+        while let Ok((s, t)) = rx.try_recv() {
+            (step, total) = (s, t);
+        }
+        if step < total && last_sent.elapsed() < min_gap {
+            continue;
+        }
+        last_sent = Instant::now();
+        let req = pb::ProgressRequest {
+            worker_id: worker_id.clone(),
+            progress: vec![pb::TaskProgress {
+                task_id,
+                step,
+                total_steps: total,
+                worker: worker_id.clone(),
+                job_id: job_id.clone(),
+            }],
+        };
+        let _ = client.progress(req).await;
+    }
+}
