@@ -1,1 +1,635 @@
 //! Sweep files (TOML or JSON) parsed into a validated `SweepSpec`; errors name the key and line.
+//!
+//! Top-level keys are AUTOMATIC1111 txt2img API names, so a sweep reads like an A1111 request.
+//! Defaults follow the A1111 API where it has one, with two choices of our own: `sampler_name`
+//! defaults to "Euler" and `rng` to "CPU" (A1111's "GPU" noise cannot be reproduced off CUDA).
+//! `[xyz]` and `[prompt_matrix]` are reserved: the parser refuses them until expansion grows
+//! axes, and [`RESERVED_TABLES`] is the one place that changes when it does.
+
+mod samplers;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+use sdfarm_proto::RenderParams;
+
+/// Longest side, and the granularity A1111's latent space (1/8 of the image) imposes.
+pub const SIDE_RANGE: RangeInclusive<u32> = 8..=4096;
+pub const SIDE_MULTIPLE: u32 = 8;
+/// Pixels rendered at once (`width * height * batch_size`): 64 images of 512x512 or one of
+/// 4096x4096. Beyond this a worker runs out of memory long before it produces anything.
+pub const MAX_BATCH_PIXELS: u64 = 4096 * 4096;
+pub const STEPS_RANGE: RangeInclusive<i64> = 1..=1000;
+pub const BATCH_SIZE_RANGE: RangeInclusive<i64> = 1..=64;
+pub const N_ITER_RANGE: RangeInclusive<i64> = 1..=1_000_000;
+/// A1111's Clip skip slider range.
+pub const CLIP_SKIP_RANGE: RangeInclusive<i64> = 1..=12;
+pub const MAX_ATTEMPTS_RANGE: RangeInclusive<i64> = 1..=100;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const BUILTIN_MODELS: &[&str] = &["builtin:tiny-sd"];
+
+/// Keys a sweep may set, in the order they are listed in error messages.
+pub const KNOWN_KEYS: &[&str] = &[
+    "prompt", "negative_prompt", "seed", "steps", "sampler_name", "scheduler", "cfg_scale",
+    "width", "height", "batch_size", "n_iter", "model", "rng", "subseed", "subseed_strength",
+    "clip_skip", "eta", "name", "priority", "max_attempts",
+];
+
+/// Tables kept for sweep features still to come: `(key, what it will hold)`.
+pub const RESERVED_TABLES: &[(&str, &str)] =
+    &[("xyz", "X/Y/Z plots"), ("prompt_matrix", "prompt matrices")];
+
+/// A1111 API fields sdfarm does not implement; named so the error says so instead of
+/// calling them unknown.
+const A1111_UNSUPPORTED: &[&str] = &[
+    "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+    "hr_negative_prompt", "denoising_strength", "firstphase_width", "firstphase_height",
+    "restore_faces", "tiling", "styles", "override_settings", "override_settings_restore_afterwards",
+    "seed_resize_from_h", "seed_resize_from_w", "refiner_checkpoint", "refiner_switch_at",
+    "s_churn", "s_tmax", "s_tmin", "s_noise", "s_min_uncond", "script_name", "script_args",
+    "alwayson_scripts", "do_not_save_samples", "do_not_save_grid", "send_images", "save_images",
+    "infotext", "force_task_id", "comments", "disable_extra_networks",
+];
+
+/// Names people reach for that are not the A1111 API's.
+const ALIASES: &[(&str, &str)] = &[
+    ("sampler", "sampler_name"), ("sampler_index", "sampler_name"), ("cfg", "cfg_scale"),
+    ("guidance_scale", "cfg_scale"), ("checkpoint", "model"), ("sd_model_checkpoint", "model"),
+    ("negative", "negative_prompt"), ("batch_count", "n_iter"), ("num_inference_steps", "steps"),
+    ("schedule_type", "scheduler"), ("variation_seed", "subseed"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepFormat {
+    Toml,
+    Json,
+}
+
+impl SweepFormat {
+    /// `.json` is JSON; anything else is read as TOML, the documented format.
+    pub fn from_path(p: &Path) -> SweepFormat {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => SweepFormat::Json,
+            _ => SweepFormat::Toml,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SweepFormat> {
+        match s.to_ascii_lowercase().as_str() {
+            "toml" => Some(SweepFormat::Toml),
+            "json" => Some(SweepFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// A validated sweep: one set of parameters rendered `n_iter` batches of `batch_size`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepSpec {
+    pub name: Option<String>,
+    /// `seed` and `subseed` may still be -1 (random) here; see [`SweepSpec::resolved`].
+    /// Sampler and schedule type are canonical A1111 names; `eta` is concrete (A1111's
+    /// default for the sampler's family when the file left it out).
+    pub base: RenderParams,
+    pub batch_size: u32,
+    pub n_iter: u32,
+    pub priority: i32,
+    pub max_attempts: u32,
+}
+
+impl SweepSpec {
+    /// A copy with random seeds (-1) drawn, as A1111's `fix_seed` does once per run. Store this
+    /// copy, so a retried or re-planned job renders the same images.
+    pub fn resolved(&self) -> SweepSpec {
+        let mut spec = self.clone();
+        spec.base.seed = crate::expand::resolve_seed(spec.base.seed);
+        spec.base.subseed = crate::expand::resolve_seed(spec.base.subseed);
+        spec
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecErrorKind {
+    /// The text is not valid TOML/JSON, or not a table/object at the top.
+    Syntax,
+    UnknownKey,
+    WrongType,
+    InvalidValue,
+    MissingKey,
+    /// Reserved for a later version, or an A1111 option sdfarm lacks.
+    Unsupported,
+}
+
+/// A mistake in a sweep file, worded for the person who wrote it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct SpecError {
+    pub kind: SpecErrorKind,
+    /// File name shown in the message, when the caller knows it.
+    pub file: Option<String>,
+    /// 1-based line of the offending key (or of the syntax error).
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    /// The value as written, rendered in TOML/JSON syntax.
+    pub value: Option<String>,
+    pub problem: String,
+    pub accepted: Option<String>,
+}
+
+impl SpecError {
+    /// Names the file in the message, e.g. `sweep.toml line 4: …`.
+    pub fn in_file(mut self, file: impl Into<String>) -> SpecError {
+        self.file = Some(file.into());
+        self
+    }
+
+    fn new(kind: SpecErrorKind, problem: impl Into<String>) -> SpecError {
+        SpecError {
+            kind,
+            file: None,
+            line: None,
+            key: None,
+            value: None,
+            problem: problem.into(),
+            accepted: None,
+        }
+    }
+
+    fn at(kind: SpecErrorKind, e: &Entry, problem: impl Into<String>, accepted: impl Into<String>) -> SpecError {
+        SpecError {
+            line: e.line,
+            key: Some(e.key.clone()),
+            value: Some(e.value.render()),
+            accepted: Some(accepted.into()),
+            ..SpecError::new(kind, problem)
+        }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{file} line {line}: ")?,
+            (Some(file), None) => write!(f, "{file}: ")?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        match (&self.key, &self.value) {
+            (Some(key), Some(value)) => write!(f, "`{key}` = {value} ")?,
+            (Some(key), None) => write!(f, "`{key}` ")?,
+            _ => {}
+        }
+        f.write_str(&self.problem)?;
+        if let Some(accepted) = &self.accepted {
+            write!(f, " (accepted: {accepted})")?;
+        }
+        Ok(())
+    }
+}
+
+pub type Result<T, E = SpecError> = std::result::Result<T, E>;
+
+/// Reads a sweep file, choosing the format from its extension and naming it in errors.
+pub fn parse_sweep_file(path: &Path) -> Result<SweepSpec> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SpecError::new(SpecErrorKind::Syntax, format!("cannot be read: {e}")).in_file(&name)
+    })?;
+    parse_sweep(&text, SweepFormat::from_path(path)).map_err(|e| e.in_file(name))
+}
+
+pub fn parse_sweep(text: &str, format: SweepFormat) -> Result<SweepSpec> {
+    let mut entries = match format {
+        SweepFormat::Toml => toml_entries(text)?,
+        SweepFormat::Json => json_entries(text)?,
+    };
+    // Both parsers hand keys back sorted by name; report the first mistake in reading order.
+    entries.sort_by_key(|e| e.offset);
+    build(&entries)
+}
+
+/// One top-level key with its value, reduced to the shapes a sweep key can take.
+struct Entry {
+    key: String,
+    value: Raw,
+    offset: usize,
+    line: Option<usize>,
+}
+
+enum Raw {
+    Str(String),
+    Int(i64),
+    /// The source text is kept so messages echo what was written (`7.50`, not `7.5`).
+    Float(f64, String),
+    Bool(bool),
+    /// Anything else (tables, arrays, datetimes, out-of-range integers): type name and a
+    /// short rendering.
+    Other(&'static str, String),
+}
+
+impl Raw {
+    fn render(&self) -> String {
+        match self {
+            Raw::Str(s) => {
+                let shown: String = s.chars().take(60).collect();
+                let quoted = serde_json::to_string(&shown).expect("strings serialise");
+                if shown.len() < s.len() {
+                    format!("{}…\"", &quoted[..quoted.len() - 1])
+                } else {
+                    quoted
+                }
+            }
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(_, text) => text.clone(),
+            Raw::Bool(b) => b.to_string(),
+            Raw::Other(_, shown) => shown.clone(),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Raw::Str(_) => "a string",
+            Raw::Int(_) => "an integer",
+            Raw::Float(..) => "a float",
+            Raw::Bool(_) => "a boolean",
+            Raw::Other(name, _) => name,
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn toml_entries(text: &str) -> Result<Vec<Entry>> {
+    use toml::de::{DeTable, DeValue};
+    let table = DeTable::parse(text).map_err(|e| {
+        let mut err = SpecError::new(
+            SpecErrorKind::Syntax,
+            format!("is not valid TOML: {}", e.message().trim_end()),
+        );
+        err.line = e.span().map(|s| line_of(text, s.start));
+        err
+    })?;
+    let mut entries = Vec::new();
+    for (key, value) in table.get_ref().iter() {
+        let raw = match value.get_ref() {
+            DeValue::String(s) => Raw::Str(s.to_string()),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Raw::Int(n),
+                Err(_) => Raw::Other("an integer too large", i.to_string()),
+            },
+            DeValue::Float(f) => {
+                let v: f64 = f.as_str().parse().unwrap_or(f64::NAN);
+                Raw::Float(v, f.as_str().to_string())
+            }
+            DeValue::Boolean(b) => Raw::Bool(*b),
+            DeValue::Datetime(d) => Raw::Other("a datetime", d.to_string()),
+            DeValue::Array(_) => Raw::Other("an array", "[…]".into()),
+            DeValue::Table(_) => Raw::Other("a table", "{…}".into()),
+        };
+        let offset = key.span().start;
+        entries.push(Entry {
+            key: key.get_ref().to_string(),
+            value: raw,
+            offset,
+            line: Some(line_of(text, offset)),
+        });
+    }
+    Ok(entries)
+}
+
+fn json_entries(text: &str) -> Result<Vec<Entry>> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let mut err = SpecError::new(SpecErrorKind::Syntax, format!("is not valid JSON: {e}"));
+        err.line = Some(e.line()).filter(|&l| l > 0);
+        err
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(SpecError::new(
+            SpecErrorKind::Syntax,
+            "is not a JSON object (a sweep is an object of A1111 txt2img fields)",
+        ));
+    };
+    let offsets = json_key_offsets(text);
+    let mut entries = Vec::new();
+    for (key, value) in map {
+        use serde_json::Value as J;
+        let raw = match &value {
+            // A1111 API payloads spell "use the default" as null.
+            J::Null => continue,
+            J::String(s) => Raw::Str(s.clone()),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Raw::Int(i),
+                None if n.is_u64() => Raw::Other("an integer too large", n.to_string()),
+                None => Raw::Float(n.as_f64().unwrap_or(f64::NAN), n.to_string()),
+            },
+            J::Bool(b) => Raw::Bool(*b),
+            J::Array(_) => Raw::Other("an array", "[…]".into()),
+            J::Object(_) => Raw::Other("an object", "{…}".into()),
+        };
+        let offset = offsets.iter().rev().find(|(k, _)| *k == key).map(|(_, o)| *o);
+        entries.push(Entry {
+            line: offset.map(|o| line_of(text, o)),
+            offset: offset.unwrap_or(usize::MAX),
+            key,
+            value: raw,
+        });
+    }
+    Ok(entries)
+}
+
+/// Byte offsets of the top-level object's keys. serde_json keeps no positions, so the
+/// (already validated) text is scanned once for strings in key position at depth 1.
+fn json_key_offsets(text: &str) -> Vec<(String, usize)> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut expect_key, mut i) = (0usize, false, 0usize);
+    let mut out = Vec::new();
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && expect_key {
+                    if let Ok(key) = serde_json::from_str::<String>(&text[start..=i.min(text.len() - 1)]) {
+                        out.push((key, start));
+                    }
+                    expect_key = false;
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                expect_key = depth == 1 && bytes[i] == b'{';
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expect_key = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The closest known key, if the unknown one is plausibly a typo or a common synonym.
+fn suggest(key: &str) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == lower) {
+        return Some(to);
+    }
+    let (best, distance) = KNOWN_KEYS
+        .iter()
+        .map(|k| (*k, edit_distance(&lower, k)))
+        .min_by_key(|(_, d)| *d)?;
+    let limit = if lower.len() <= 4 { 1 } else { 2 };
+    (distance <= limit).then_some(best)
+}
+
+/// Optimal-string-alignment distance: a swapped pair of letters counts as one typo.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn nearest<'a>(value: &str, options: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    options
+        .map(|o| (o, edit_distance(&value.to_lowercase(), &o.to_lowercase())))
+        .filter(|(_, d)| *d <= 2)
+        .min_by_key(|(_, d)| *d)
+        .map(|(o, _)| o)
+}
+
+fn range_text(r: &RangeInclusive<i64>) -> String {
+    format!("integers from {} to {}", r.start(), r.end())
+}
+
+fn wrong_type(e: &Entry, expected: &str, accepted: String) -> SpecError {
+    SpecError::at(
+        SpecErrorKind::WrongType,
+        e,
+        format!("is {}, expected {expected}", e.value.type_name()),
+        accepted,
+    )
+}
+
+fn string(e: &Entry, accepted: &str) -> Result<String> {
+    match &e.value {
+        Raw::Str(s) => Ok(s.clone()),
+        _ => Err(wrong_type(e, "a string", accepted.into())),
+    }
+}
+
+fn int_in(e: &Entry, range: RangeInclusive<i64>) -> Result<i64> {
+    let accepted = range_text(&range);
+    match &e.value {
+        Raw::Int(i) if range.contains(i) => Ok(*i),
+        Raw::Int(_) => Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", accepted)),
+        _ => Err(wrong_type(e, "an integer", accepted)),
+    }
+}
+
+fn float_in(e: &Entry, range: RangeInclusive<f64>, accepted: &str) -> Result<f64> {
+    let v = match &e.value {
+        Raw::Int(i) => *i as f64,
+        Raw::Float(f, _) => *f,
+        _ => return Err(wrong_type(e, "a number", accepted.into())),
+    };
+    if !v.is_finite() {
+        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is not a finite number", accepted));
+    }
+    if !range.contains(&v) {
+        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", accepted));
+    }
+    Ok(v)
+}
+
+fn side(e: &Entry) -> Result<u32> {
+    let accepted = format!(
+        "multiples of {SIDE_MULTIPLE} from {} to {}",
+        SIDE_RANGE.start(),
+        SIDE_RANGE.end()
+    );
+    let Raw::Int(v) = e.value else {
+        return Err(wrong_type(e, "an integer", accepted));
+    };
+    let fits = u32::try_from(v).is_ok_and(|v| SIDE_RANGE.contains(&v));
+    if !fits {
+        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", accepted));
+    }
+    if v % i64::from(SIDE_MULTIPLE) != 0 {
+        let problem = format!("is not a multiple of {SIDE_MULTIPLE}");
+        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, accepted));
+    }
+    Ok(v as u32)
+}
+
+const SEED_ACCEPTED: &str = "-1 for a random seed, or an integer from 0 to 9223372036854775807";
+const MODEL_ACCEPTED: &str = "a path to a diffusers folder, or \"builtin:tiny-sd\"";
+
+fn seed(e: &Entry) -> Result<i64> {
+    match e.value {
+        Raw::Int(v) if v >= -1 => Ok(v),
+        Raw::Int(_) => Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", SEED_ACCEPTED)),
+        _ => Err(wrong_type(e, "an integer", SEED_ACCEPTED.into())),
+    }
+}
+
+fn build(entries: &[Entry]) -> Result<SweepSpec> {
+    let mut p = RenderParams {
+        seed: -1,
+        steps: 20,
+        sampler_name: "Euler".into(),
+        scheduler: "Automatic".into(),
+        cfg_scale: 7.0,
+        width: 512,
+        height: 512,
+        rng: "CPU".into(),
+        subseed: -1,
+        clip_skip: 1,
+        ..Default::default()
+    };
+    let (mut batch_size, mut n_iter, mut priority, mut max_attempts) = (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
+    let (mut name, mut model, mut eta) = (None, None, None);
+    let find = |key: &str| entries.iter().find(|e| e.key == key);
+
+    for e in entries {
+        match e.key.as_str() {
+            "prompt" => p.prompt = string(e, "any text")?,
+            "negative_prompt" => p.negative_prompt = string(e, "any text")?,
+            "seed" => p.seed = seed(e)?,
+            "subseed" => p.subseed = seed(e)?,
+            "steps" => p.steps = int_in(e, STEPS_RANGE)? as u32,
+            "sampler_name" => p.sampler_name = string(e, "an A1111 sampler name such as \"Euler\"")?,
+            "scheduler" => p.scheduler = string(e, "an A1111 schedule type such as \"Karras\"")?,
+            "cfg_scale" => p.cfg_scale = float_in(e, f64::MIN..=f64::MAX, "any finite number")? as f32,
+            "width" => p.width = side(e)?,
+            "height" => p.height = side(e)?,
+            "batch_size" => batch_size = int_in(e, BATCH_SIZE_RANGE)? as u32,
+            "n_iter" => n_iter = int_in(e, N_ITER_RANGE)? as u32,
+            "model" => model = Some((string(e, MODEL_ACCEPTED)?, e)),
+            "rng" => {
+                let rng = string(e, "\"CPU\" or \"NV\"")?;
+                p.rng = match rng.to_ascii_uppercase().as_str() {
+                    "CPU" => "CPU".into(),
+                    "NV" => "NV".into(),
+                    _ => {
+                        let problem = "is not a noise source sdfarm can reproduce";
+                        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, "\"CPU\" or \"NV\""));
+                    }
+                };
+            }
+            "subseed_strength" => {
+                p.subseed_strength = float_in(e, 0.0..=1.0, "a number from 0 to 1")? as f32
+            }
+            "clip_skip" => p.clip_skip = int_in(e, CLIP_SKIP_RANGE)? as u32,
+            "eta" => eta = Some(float_in(e, 0.0..=f64::MAX, "a number of 0 or more")? as f32),
+            "name" => name = Some(string(e, "any text")?),
+            "priority" => priority = int_in(e, i64::from(i32::MIN)..=i64::from(i32::MAX))? as i32,
+            "max_attempts" => max_attempts = int_in(e, MAX_ATTEMPTS_RANGE)? as u32,
+            key => return Err(not_a_sweep_key(e, key)),
+        }
+    }
+
+    let Some((model, model_entry)) = model else {
+        let mut err = SpecError::new(SpecErrorKind::MissingKey, "is missing");
+        err.key = Some("model".into());
+        err.accepted = Some(MODEL_ACCEPTED.into());
+        return Err(err);
+    };
+    if model.trim().is_empty() || (model.starts_with("builtin:") && !BUILTIN_MODELS.contains(&model.as_str())) {
+        let problem = if model.trim().is_empty() { "is empty" } else { "is not a built-in model" };
+        return Err(SpecError::at(SpecErrorKind::InvalidValue, model_entry, problem, MODEL_ACCEPTED));
+    }
+    p.model = model;
+
+    let (sampler, scheduler) = samplers::canonical(&p.sampler_name, &p.scheduler).map_err(|refused| {
+        let (key, problem, names): (_, _, Vec<_>) = match refused {
+            samplers::Refused::Sampler => {
+                ("sampler_name", "is not an A1111 sampler", samplers::sampler_names().collect())
+            }
+            samplers::Refused::Scheduler => {
+                ("scheduler", "is not an A1111 schedule type", samplers::scheduler_labels().collect())
+            }
+        };
+        let written = if key == "scheduler" { &p.scheduler } else { &p.sampler_name };
+        let hint = nearest(written, names.iter().copied())
+            .map(|n| format!("; did you mean \"{n}\"?"))
+            .unwrap_or_default();
+        let listed = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+        match find(key) {
+            Some(e) => SpecError::at(SpecErrorKind::InvalidValue, e, format!("{problem}{hint}"), listed),
+            None => {
+                // Only the default was involved, e.g. a legacy name in `sampler_name` with
+                // a `scheduler` the user never wrote; blame the key that was written.
+                let e = find("sampler_name").or(find("scheduler")).expect("a default is valid");
+                SpecError::at(SpecErrorKind::InvalidValue, e, format!("{problem}{hint}"), listed)
+            }
+        }
+    })?;
+    p.sampler_name = sampler.into();
+    p.scheduler = scheduler.into();
+    let family = samplers::find_sampler(sampler).expect("canonical names are known");
+    p.eta = eta.unwrap_or(if family.timestep_family { 0.0 } else { 1.0 });
+
+    let pixels = u64::from(p.width) * u64::from(p.height) * u64::from(batch_size);
+    if pixels > MAX_BATCH_PIXELS {
+        let e = find("batch_size").or(find("width")).or(find("height")).expect("defaults fit");
+        let problem = format!(
+            "makes a batch of {batch_size} x {}x{} = {pixels} pixels, more than the limit of {MAX_BATCH_PIXELS}",
+            p.width, p.height
+        );
+        let accepted = format!("width * height * batch_size up to {MAX_BATCH_PIXELS}, e.g. 64 x 512x512");
+        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, accepted));
+    }
+
+    // Image i gets seed + i (or subseed + i); the last one must still be a valid seed.
+    let last = i64::from(batch_size) * i64::from(n_iter) - 1;
+    for key in ["seed", "subseed"] {
+        let v = if key == "seed" { p.seed } else { p.subseed };
+        if v.checked_add(last).is_none() {
+            let e = find(key).expect("the default seed is -1");
+            let problem = format!("leaves no room for {} images (seed + image index must fit in 64 bits)", last + 1);
+            let accepted = format!("-1, or 0 to {}", i64::MAX - last);
+            return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, accepted));
+        }
+    }
+
+    Ok(SweepSpec { name, base: p, batch_size, n_iter, priority, max_attempts })
+}
+
+fn not_a_sweep_key(e: &Entry, key: &str) -> SpecError {
+    if let Some((_, what)) = RESERVED_TABLES.iter().find(|(k, _)| *k == key) {
+        let problem = format!("is reserved for {what}, which this version does not support yet");
+        return SpecError::at(SpecErrorKind::Unsupported, e, problem, "remove it and sweep one set of parameters");
+    }
+    if A1111_UNSUPPORTED.contains(&key) {
+        let problem = "is an AUTOMATIC1111 option sdfarm does not support yet";
+        return SpecError::at(SpecErrorKind::Unsupported, e, problem, "remove it");
+    }
+    let problem = match suggest(key) {
+        Some(s) => format!("is not a sweep key; did you mean `{s}`?"),
+        None => "is not a sweep key".to_string(),
+    };
+    SpecError::at(SpecErrorKind::UnknownKey, e, problem, KNOWN_KEYS.join(", "))
+}

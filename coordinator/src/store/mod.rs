@@ -2,16 +2,32 @@
 //! Postgres (production) and SQLite (the embedded default); one conformance suite runs
 //! against both so they cannot drift apart.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sdfarm_proto::RenderParams;
 
 mod postgres;
+mod rows;
 mod sqlite;
 #[cfg(test)]
 mod conformance;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// Opens the store named by `url` and brings its schema up to date: `postgres://…` (or
+/// `postgresql://…`) for Postgres, `sqlite:…` (`sqlite://path/to/file.db`, `sqlite::memory:`)
+/// for SQLite, creating the file if it is missing.
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
 
 /// Milliseconds since the Unix epoch. Every store method takes `now` from the caller so
 /// tests control time (the coordinator passes its clock).

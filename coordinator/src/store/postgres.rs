@@ -1,2 +1,466 @@
-//! Postgres implementation of `Store`.
-pub struct PostgresStore;
+//! Postgres implementation of `Store`: the production backend, shared by every coordinator
+//! replica.
+//!
+//! Concurrency rests on row locks, taken in one order everywhere so replicas never deadlock:
+//! the job row first (`FOR NO KEY UPDATE`, held by any write that may finish the job), then
+//! task rows in id order. The claim never waits: it skips locked tasks (`SKIP LOCKED`), so
+//! claimers on many replicas each get different tasks without blocking each other.
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use super::rows::{
+    attempts_to_sql, claimed_in_order, jobs_from_rows, lease_expired_reason, params_json,
+    AfterFailure, JobCountRow, TaskRow,
+};
+use super::{
+    JobRecord, Millis, NewJob, NewTask, RescueReport, Result, RetryPolicy, Store, StoreError,
+    TaskOutput, TaskRecord, TaskState,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Columns every task query returns, in `TaskRow`'s shape.
+macro_rules! task_columns {
+    () => {
+        "id, job_id, image_index, priority, params::text AS params, state, attempt, \
+         max_attempts, output_key, lease_owner, lease_expires_at, scheduled_at, sha256, \
+         infotext, errors::text AS errors, finalized_at"
+    };
+}
+
+/// Selects the page of jobs in `page`, each joined with its per-state task counts.
+macro_rules! jobs_with_counts {
+    ($page:literal) => {
+        concat!(
+            "WITH page AS (",
+            $page,
+            ") \
+             SELECT page.id, page.name, page.sweep, page.output_prefix, page.max_attempts, \
+                    page.priority, page.cancelled, page.created_at, page.finished_at, \
+                    c.state, c.n \
+             FROM page \
+             LEFT JOIN (SELECT job_id, state, count(*) AS n FROM tasks \
+                        WHERE job_id IN (SELECT id FROM page) GROUP BY job_id, state) c \
+                    ON c.job_id = page.id \
+             ORDER BY page.created_at DESC, page.id DESC"
+        )
+    };
+}
+
+const GET_JOB: &str = jobs_with_counts!("SELECT * FROM jobs WHERE id = $1");
+const LIST_JOBS: &str =
+    jobs_with_counts!("SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT $1");
+
+const INSERT_JOB: &str = "INSERT INTO jobs \
+     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// One statement for the whole sweep: large jobs insert in a single round trip.
+const INSERT_TASKS: &str = "INSERT INTO tasks \
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at) \
+     SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4 \
+     FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS t(image_index, params, output_key)";
+
+const LIST_TASKS: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE job_id = $1 ORDER BY image_index"
+);
+
+/// River's claim: lock the first claimable ids in priority order, skipping rows another
+/// claimer holds, then lease exactly those. `tasks_claim_idx` serves the WHERE and ORDER BY.
+const CLAIM: &str = concat!(
+    "WITH claimable AS ( \
+         SELECT t.id AS claim_id FROM tasks t \
+         WHERE t.state IN ('available', 'retryable') \
+           AND t.scheduled_at <= $1 \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
+         ORDER BY t.priority DESC, t.id \
+         LIMIT $2 \
+         FOR UPDATE SKIP LOCKED \
+     ) \
+     UPDATE tasks \
+     SET state = 'running', attempt = attempt + 1, lease_owner = $3, lease_expires_at = $4 \
+     FROM claimable WHERE tasks.id = claimable.claim_id \
+     RETURNING ",
+    task_columns!()
+);
+
+/// Locks in id order (see module docs) before extending.
+const HEARTBEAT: &str = "WITH held AS ( \
+         SELECT id AS held_id FROM tasks \
+         WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running' \
+         ORDER BY id FOR UPDATE \
+     ) \
+     UPDATE tasks SET lease_expires_at = $3 FROM held WHERE tasks.id = held.held_id \
+     RETURNING tasks.id";
+
+const TASK_JOB: &str = "SELECT job_id FROM tasks WHERE id = $1";
+const LOCK_JOB: &str = "SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
+
+const COMPLETE: &str = "UPDATE tasks \
+     SET state = 'completed', sha256 = $3, infotext = $4, render_ms = $5, finalized_at = $6, \
+         lease_owner = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_owner = $2 AND state = 'running'";
+
+const LEASED_ATTEMPT: &str = "SELECT attempt, max_attempts FROM tasks \
+     WHERE id = $1 AND lease_owner = $2 AND state = 'running' FOR UPDATE";
+
+const RECORD_FAILURE: &str = "UPDATE tasks \
+     SET state = $2, errors = errors || jsonb_build_array($3::text), \
+         scheduled_at = COALESCE($4, scheduled_at), finalized_at = $5, \
+         lease_owner = NULL, lease_expires_at = NULL \
+     WHERE id = $1";
+
+const EXPIRED_JOBS: &str = "SELECT DISTINCT job_id FROM tasks \
+     WHERE state = 'running' AND lease_expires_at < $1 ORDER BY job_id";
+const LOCK_JOBS: &str = "SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+/// Re-checked under the task lock: a heartbeat that won the race has moved the expiry on.
+const EXPIRED_TASKS: &str = "SELECT id, job_id, lease_owner, attempt, max_attempts FROM tasks \
+     WHERE state = 'running' AND lease_expires_at < $1 AND job_id = ANY($2) \
+     ORDER BY id FOR UPDATE";
+
+/// Holds only under the job lock: every write that finalizes a task takes it first, so the
+/// last one to commit sees all the others' tasks final.
+const FINISH_JOB_IF_DONE: &str = "UPDATE jobs SET finished_at = $2 \
+     WHERE id = $1 AND finished_at IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND finalized_at IS NULL)";
+
+/// A finished job stays as it finished: cancelling it changes nothing.
+const CANCEL_JOB: &str = "UPDATE jobs SET cancelled = true, finished_at = $2 \
+     WHERE id = $1 AND finished_at IS NULL RETURNING id";
+const CANCEL_TASKS: &str = "WITH doomed AS ( \
+         SELECT id AS doomed_id FROM tasks WHERE job_id = $1 AND finalized_at IS NULL \
+         ORDER BY id FOR UPDATE \
+     ) \
+     UPDATE tasks SET state = 'cancelled', finalized_at = $2, \
+         lease_owner = NULL, lease_expires_at = NULL \
+     FROM doomed WHERE tasks.id = doomed.doomed_id";
+
+const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)";
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`) and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        Self::connect_with(PgPoolOptions::new().max_connections(16), options).await
+    }
+
+    pub async fn connect_with(pool: PgPoolOptions, options: PgConnectOptions) -> Result<Self> {
+        Self::from_pool(pool.connect_with(options).await?).await
+    }
+
+    /// Uses an existing pool, running any pending migrations (sqlx serialises concurrent
+    /// migrators with an advisory lock, so replicas may start together).
+    pub async fn from_pool(pool: PgPool) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Finds the task's job and locks it, so a finalizing write can tell whether it was the
+    /// job's last. `None` when the task does not exist.
+    async fn lock_job_of(
+        tx: &mut Transaction<'static, Postgres>,
+        task_id: i64,
+    ) -> Result<Option<String>> {
+        let job_id: Option<String> = sqlx::query_scalar(TASK_JOB)
+            .bind(task_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(job_id) = &job_id {
+            sqlx::query(LOCK_JOB)
+                .bind(job_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(job_id)
+    }
+
+    async fn finish_job_if_done(
+        tx: &mut Transaction<'static, Postgres>,
+        job_id: &str,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(FINISH_JOB_IF_DONE)
+            .bind(job_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_failure(
+        tx: &mut Transaction<'static, Postgres>,
+        task_id: i64,
+        outcome: AfterFailure,
+        reason: &str,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(RECORD_FAILURE)
+            .bind(task_id)
+            .bind(outcome.state().as_str())
+            .bind(reason)
+            .bind(outcome.scheduled_at())
+            .bind(outcome.finalized_at(now))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    #[tracing::instrument(skip_all, fields(job_id = %job.id, tasks = tasks.len()))]
+    async fn create_job(&self, job: &NewJob, tasks: &[NewTask], now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // A job with nothing to render is finished the moment it exists.
+        let finished_at = tasks.is_empty().then_some(now);
+        sqlx::query(INSERT_JOB)
+            .bind(&job.id)
+            .bind(&job.name)
+            .bind(&job.sweep)
+            .bind(&job.output_prefix)
+            .bind(attempts_to_sql(job.max_attempts))
+            .bind(job.priority)
+            .bind(now)
+            .bind(finished_at)
+            .execute(&mut *tx)
+            .await?;
+        let indexes: Vec<i64> = tasks.iter().map(|t| i64::from(t.image_index)).collect();
+        let params: Vec<String> = tasks.iter().map(|t| params_json(&t.params)).collect();
+        let keys: Vec<String> = tasks.iter().map(|t| t.output_key.clone()).collect();
+        sqlx::query(INSERT_TASKS)
+            .bind(&job.id)
+            .bind(job.priority)
+            .bind(attempts_to_sql(job.max_attempts))
+            .bind(now)
+            .bind(indexes)
+            .bind(params)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_job(&self, id: &str) -> Result<JobRecord> {
+        let rows: Vec<JobCountRow> = sqlx::query_as(GET_JOB)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        jobs_from_rows(rows)
+            .pop()
+            .ok_or_else(|| StoreError::JobNotFound(id.to_string()))
+    }
+
+    async fn list_jobs(&self, limit: u32) -> Result<Vec<JobRecord>> {
+        let rows: Vec<JobCountRow> = sqlx::query_as(LIST_JOBS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(jobs_from_rows(rows))
+    }
+
+    async fn list_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>> {
+        let rows: Vec<TaskRow> = sqlx::query_as(LIST_TASKS)
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            let exists: bool = sqlx::query_scalar(JOB_EXISTS)
+                .bind(job_id)
+                .fetch_one(&self.pool)
+                .await?;
+            if !exists {
+                return Err(StoreError::JobNotFound(job_id.to_string()));
+            }
+        }
+        rows.into_iter().map(TaskRow::into_record).collect()
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM)
+            .bind(now)
+            .bind(i64::from(max))
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .fetch_all(&self.pool)
+            .await?;
+        claimed_in_order(rows)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        task_ids: &[i64],
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<i64>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<i64> = sqlx::query_scalar(HEARTBEAT)
+            .bind(task_ids)
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(task_ids
+            .iter()
+            .copied()
+            .filter(|id| !held.contains(id))
+            .collect())
+    }
+
+    #[tracing::instrument(skip(self, output))]
+    async fn complete(
+        &self,
+        task_id: i64,
+        worker: &str,
+        output: &TaskOutput,
+        now: Millis,
+    ) -> Result<()> {
+        let lost = || StoreError::LeaseLost {
+            task_id,
+            worker: worker.to_string(),
+        };
+        let mut tx = self.pool.begin().await?;
+        let job_id = Self::lock_job_of(&mut tx, task_id).await?.ok_or_else(lost)?;
+        let done = sqlx::query(COMPLETE)
+            .bind(task_id)
+            .bind(worker)
+            .bind(&output.sha256)
+            .bind(&output.infotext)
+            .bind(i64::try_from(output.render_ms).unwrap_or(i64::MAX))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(lost());
+        }
+        Self::finish_job_if_done(&mut tx, &job_id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, policy))]
+    async fn fail(
+        &self,
+        task_id: i64,
+        worker: &str,
+        reason: &str,
+        retryable: bool,
+        policy: &RetryPolicy,
+        now: Millis,
+    ) -> Result<TaskState> {
+        let lost = || StoreError::LeaseLost {
+            task_id,
+            worker: worker.to_string(),
+        };
+        let mut tx = self.pool.begin().await?;
+        let job_id = Self::lock_job_of(&mut tx, task_id).await?.ok_or_else(lost)?;
+        let (attempt, max_attempts): (i32, i32) = sqlx::query_as(LEASED_ATTEMPT)
+            .bind(task_id)
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(lost)?;
+        let outcome = AfterFailure::decide(attempt, max_attempts, retryable, policy, now);
+        Self::record_failure(&mut tx, task_id, outcome, reason, now).await?;
+        if outcome == AfterFailure::Discard {
+            Self::finish_job_if_done(&mut tx, &job_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome.state())
+    }
+
+    #[tracing::instrument(skip(self, policy))]
+    async fn rescue_expired(&self, policy: &RetryPolicy, now: Millis) -> Result<RescueReport> {
+        let mut tx = self.pool.begin().await?;
+        let job_ids: Vec<String> = sqlx::query_scalar(EXPIRED_JOBS)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut report = RescueReport::default();
+        if job_ids.is_empty() {
+            return Ok(report);
+        }
+        sqlx::query(LOCK_JOBS)
+            .bind(&job_ids)
+            .execute(&mut *tx)
+            .await?;
+        let expired: Vec<(i64, String, String, i32, i32)> = sqlx::query_as(EXPIRED_TASKS)
+            .bind(now)
+            .bind(&job_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut finished_jobs: Vec<String> = Vec::new();
+        for (task_id, job_id, owner, attempt, max_attempts) in expired {
+            let outcome = AfterFailure::decide(attempt, max_attempts, true, policy, now);
+            let reason = lease_expired_reason(&owner, attempt);
+            Self::record_failure(&mut tx, task_id, outcome, &reason, now).await?;
+            match outcome {
+                AfterFailure::Retry { .. } => report.retried.push(task_id),
+                AfterFailure::Discard => {
+                    report.discarded.push(task_id);
+                    if !finished_jobs.contains(&job_id) {
+                        finished_jobs.push(job_id);
+                    }
+                }
+            }
+        }
+        for job_id in &finished_jobs {
+            Self::finish_job_if_done(&mut tx, job_id, now).await?;
+        }
+        tx.commit().await?;
+        if !report.retried.is_empty() || !report.discarded.is_empty() {
+            tracing::info!(
+                retried = report.retried.len(),
+                discarded = report.discarded.len(),
+                "rescued expired leases"
+            );
+        }
+        Ok(report)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
+        let mut tx = self.pool.begin().await?;
+        let cancelled: Option<String> = sqlx::query_scalar(CANCEL_JOB)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if cancelled.is_some() {
+            sqlx::query(CANCEL_TASKS)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        // Also the JobNotFound check when nothing was updated.
+        self.get_job(id).await
+    }
+}
