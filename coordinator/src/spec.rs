@@ -7,6 +7,7 @@
 //! axes, and [`RESERVED_TABLES`] is the one place that changes when it does.
 
 mod samplers;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -15,6 +16,8 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 
 use sdfarm_proto::RenderParams;
+
+use source::{Entry, Raw};
 
 /// Longest side, and the granularity A1111's latent space (1/8 of the image) imposes.
 pub const SIDE_RANGE: RangeInclusive<u32> = 8..=4096;
@@ -32,6 +35,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const BUILTIN_MODELS: &[&str] = &["builtin:tiny-sd"];
 
 /// Keys a sweep may set, in the order they are listed in error messages.
+#[rustfmt::skip]
 pub const KNOWN_KEYS: &[&str] = &[
     "prompt", "negative_prompt", "seed", "steps", "sampler_name", "scheduler", "cfg_scale",
     "width", "height", "batch_size", "n_iter", "model", "rng", "subseed", "subseed_strength",
@@ -44,23 +48,27 @@ pub const RESERVED_TABLES: &[(&str, &str)] =
 
 /// A1111 API fields sdfarm does not implement; named so the error says so instead of
 /// calling them unknown.
+#[rustfmt::skip]
 const A1111_UNSUPPORTED: &[&str] = &[
     "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
     "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
     "hr_negative_prompt", "denoising_strength", "firstphase_width", "firstphase_height",
-    "restore_faces", "tiling", "styles", "override_settings", "override_settings_restore_afterwards",
-    "seed_resize_from_h", "seed_resize_from_w", "refiner_checkpoint", "refiner_switch_at",
-    "s_churn", "s_tmax", "s_tmin", "s_noise", "s_min_uncond", "script_name", "script_args",
-    "alwayson_scripts", "do_not_save_samples", "do_not_save_grid", "send_images", "save_images",
-    "infotext", "force_task_id", "comments", "disable_extra_networks",
+    "restore_faces", "tiling", "styles", "override_settings",
+    "override_settings_restore_afterwards", "seed_resize_from_h", "seed_resize_from_w",
+    "refiner_checkpoint", "refiner_switch_at", "s_churn", "s_tmax", "s_tmin", "s_noise",
+    "s_min_uncond", "script_name", "script_args", "alwayson_scripts", "do_not_save_samples",
+    "do_not_save_grid", "send_images", "save_images", "infotext", "force_task_id", "comments",
+    "disable_extra_networks",
 ];
 
 /// Names people reach for that are not the A1111 API's.
+#[rustfmt::skip]
 const ALIASES: &[(&str, &str)] = &[
     ("sampler", "sampler_name"), ("sampler_index", "sampler_name"), ("cfg", "cfg_scale"),
     ("guidance_scale", "cfg_scale"), ("checkpoint", "model"), ("sd_model_checkpoint", "model"),
-    ("negative", "negative_prompt"), ("batch_count", "n_iter"), ("num_inference_steps", "steps"),
-    ("schedule_type", "scheduler"), ("variation_seed", "subseed"),
+    ("negative", "negative_prompt"), ("batch_count", "n_iter"),
+    ("num_inference_steps", "steps"), ("schedule_type", "scheduler"),
+    ("variation_seed", "subseed"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +166,12 @@ impl SpecError {
         }
     }
 
-    fn at(kind: SpecErrorKind, e: &Entry, problem: impl Into<String>, accepted: impl Into<String>) -> SpecError {
+    fn at(
+        kind: SpecErrorKind,
+        e: &Entry,
+        problem: impl Into<String>,
+        accepted: impl Into<String>,
+    ) -> SpecError {
         SpecError {
             line: e.line,
             key: Some(e.key.clone()),
@@ -203,177 +216,12 @@ pub fn parse_sweep_file(path: &Path) -> Result<SweepSpec> {
 
 pub fn parse_sweep(text: &str, format: SweepFormat) -> Result<SweepSpec> {
     let mut entries = match format {
-        SweepFormat::Toml => toml_entries(text)?,
-        SweepFormat::Json => json_entries(text)?,
+        SweepFormat::Toml => source::toml_entries(text)?,
+        SweepFormat::Json => source::json_entries(text)?,
     };
     // Both parsers hand keys back sorted by name; report the first mistake in reading order.
     entries.sort_by_key(|e| e.offset);
     build(&entries)
-}
-
-/// One top-level key with its value, reduced to the shapes a sweep key can take.
-struct Entry {
-    key: String,
-    value: Raw,
-    offset: usize,
-    line: Option<usize>,
-}
-
-enum Raw {
-    Str(String),
-    Int(i64),
-    /// The source text is kept so messages echo what was written (`7.50`, not `7.5`).
-    Float(f64, String),
-    Bool(bool),
-    /// Anything else (tables, arrays, datetimes, out-of-range integers): type name and a
-    /// short rendering.
-    Other(&'static str, String),
-}
-
-impl Raw {
-    fn render(&self) -> String {
-        match self {
-            Raw::Str(s) => {
-                let shown: String = s.chars().take(60).collect();
-                let quoted = serde_json::to_string(&shown).expect("strings serialise");
-                if shown.len() < s.len() {
-                    format!("{}…\"", &quoted[..quoted.len() - 1])
-                } else {
-                    quoted
-                }
-            }
-            Raw::Int(i) => i.to_string(),
-            Raw::Float(_, text) => text.clone(),
-            Raw::Bool(b) => b.to_string(),
-            Raw::Other(_, shown) => shown.clone(),
-        }
-    }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            Raw::Str(_) => "a string",
-            Raw::Int(_) => "an integer",
-            Raw::Float(..) => "a float",
-            Raw::Bool(_) => "a boolean",
-            Raw::Other(name, _) => name,
-        }
-    }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-fn toml_entries(text: &str) -> Result<Vec<Entry>> {
-    use toml::de::{DeTable, DeValue};
-    let table = DeTable::parse(text).map_err(|e| {
-        let mut err = SpecError::new(
-            SpecErrorKind::Syntax,
-            format!("is not valid TOML: {}", e.message().trim_end()),
-        );
-        err.line = e.span().map(|s| line_of(text, s.start));
-        err
-    })?;
-    let mut entries = Vec::new();
-    for (key, value) in table.get_ref().iter() {
-        let raw = match value.get_ref() {
-            DeValue::String(s) => Raw::Str(s.to_string()),
-            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => Raw::Int(n),
-                Err(_) => Raw::Other("an integer too large", i.to_string()),
-            },
-            DeValue::Float(f) => {
-                let v: f64 = f.as_str().parse().unwrap_or(f64::NAN);
-                Raw::Float(v, f.as_str().to_string())
-            }
-            DeValue::Boolean(b) => Raw::Bool(*b),
-            DeValue::Datetime(d) => Raw::Other("a datetime", d.to_string()),
-            DeValue::Array(_) => Raw::Other("an array", "[…]".into()),
-            DeValue::Table(_) => Raw::Other("a table", "{…}".into()),
-        };
-        let offset = key.span().start;
-        entries.push(Entry {
-            key: key.get_ref().to_string(),
-            value: raw,
-            offset,
-            line: Some(line_of(text, offset)),
-        });
-    }
-    Ok(entries)
-}
-
-fn json_entries(text: &str) -> Result<Vec<Entry>> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        let mut err = SpecError::new(SpecErrorKind::Syntax, format!("is not valid JSON: {e}"));
-        err.line = Some(e.line()).filter(|&l| l > 0);
-        err
-    })?;
-    let serde_json::Value::Object(map) = value else {
-        return Err(SpecError::new(
-            SpecErrorKind::Syntax,
-            "is not a JSON object (a sweep is an object of A1111 txt2img fields)",
-        ));
-    };
-    let offsets = json_key_offsets(text);
-    let mut entries = Vec::new();
-    for (key, value) in map {
-        use serde_json::Value as J;
-        let raw = match &value {
-            // A1111 API payloads spell "use the default" as null.
-            J::Null => continue,
-            J::String(s) => Raw::Str(s.clone()),
-            J::Number(n) => match n.as_i64() {
-                Some(i) => Raw::Int(i),
-                None if n.is_u64() => Raw::Other("an integer too large", n.to_string()),
-                None => Raw::Float(n.as_f64().unwrap_or(f64::NAN), n.to_string()),
-            },
-            J::Bool(b) => Raw::Bool(*b),
-            J::Array(_) => Raw::Other("an array", "[…]".into()),
-            J::Object(_) => Raw::Other("an object", "{…}".into()),
-        };
-        let offset = offsets.iter().rev().find(|(k, _)| *k == key).map(|(_, o)| *o);
-        entries.push(Entry {
-            line: offset.map(|o| line_of(text, o)),
-            offset: offset.unwrap_or(usize::MAX),
-            key,
-            value: raw,
-        });
-    }
-    Ok(entries)
-}
-
-/// Byte offsets of the top-level object's keys. serde_json keeps no positions, so the
-/// (already validated) text is scanned once for strings in key position at depth 1.
-fn json_key_offsets(text: &str) -> Vec<(String, usize)> {
-    let bytes = text.as_bytes();
-    let (mut depth, mut expect_key, mut i) = (0usize, false, 0usize);
-    let mut out = Vec::new();
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                if depth == 1 && expect_key {
-                    if let Ok(key) = serde_json::from_str::<String>(&text[start..=i.min(text.len() - 1)]) {
-                        out.push((key, start));
-                    }
-                    expect_key = false;
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                expect_key = depth == 1 && bytes[i] == b'{';
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => expect_key = true,
-            _ => {}
-        }
-        i += 1;
-    }
-    out
 }
 
 /// The closest known key, if the unknown one is plausibly a typo or a common synonym.
@@ -403,7 +251,9 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -444,7 +294,12 @@ fn int_in(e: &Entry, range: RangeInclusive<i64>) -> Result<i64> {
     let accepted = range_text(&range);
     match &e.value {
         Raw::Int(i) if range.contains(i) => Ok(*i),
-        Raw::Int(_) => Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", accepted)),
+        Raw::Int(_) => Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "is out of range",
+            accepted,
+        )),
         _ => Err(wrong_type(e, "an integer", accepted)),
     }
 }
@@ -456,10 +311,20 @@ fn float_in(e: &Entry, range: RangeInclusive<f64>, accepted: &str) -> Result<f64
         _ => return Err(wrong_type(e, "a number", accepted.into())),
     };
     if !v.is_finite() {
-        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is not a finite number", accepted));
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "is not a finite number",
+            accepted,
+        ));
     }
     if !range.contains(&v) {
-        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", accepted));
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "is out of range",
+            accepted,
+        ));
     }
     Ok(v)
 }
@@ -475,11 +340,21 @@ fn side(e: &Entry) -> Result<u32> {
     };
     let fits = u32::try_from(v).is_ok_and(|v| SIDE_RANGE.contains(&v));
     if !fits {
-        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", accepted));
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "is out of range",
+            accepted,
+        ));
     }
     if v % i64::from(SIDE_MULTIPLE) != 0 {
         let problem = format!("is not a multiple of {SIDE_MULTIPLE}");
-        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, accepted));
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            problem,
+            accepted,
+        ));
     }
     Ok(v as u32)
 }
@@ -490,7 +365,12 @@ const MODEL_ACCEPTED: &str = "a path to a diffusers folder, or \"builtin:tiny-sd
 fn seed(e: &Entry) -> Result<i64> {
     match e.value {
         Raw::Int(v) if v >= -1 => Ok(v),
-        Raw::Int(_) => Err(SpecError::at(SpecErrorKind::InvalidValue, e, "is out of range", SEED_ACCEPTED)),
+        Raw::Int(_) => Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "is out of range",
+            SEED_ACCEPTED,
+        )),
         _ => Err(wrong_type(e, "an integer", SEED_ACCEPTED.into())),
     }
 }
@@ -509,7 +389,8 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         clip_skip: 1,
         ..Default::default()
     };
-    let (mut batch_size, mut n_iter, mut priority, mut max_attempts) = (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
+    let (mut batch_size, mut n_iter, mut priority, mut max_attempts) =
+        (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
     let (mut name, mut model, mut eta) = (None, None, None);
     let find = |key: &str| entries.iter().find(|e| e.key == key);
 
@@ -520,9 +401,13 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
             "seed" => p.seed = seed(e)?,
             "subseed" => p.subseed = seed(e)?,
             "steps" => p.steps = int_in(e, STEPS_RANGE)? as u32,
-            "sampler_name" => p.sampler_name = string(e, "an A1111 sampler name such as \"Euler\"")?,
+            "sampler_name" => {
+                p.sampler_name = string(e, "an A1111 sampler name such as \"Euler\"")?
+            }
             "scheduler" => p.scheduler = string(e, "an A1111 schedule type such as \"Karras\"")?,
-            "cfg_scale" => p.cfg_scale = float_in(e, f64::MIN..=f64::MAX, "any finite number")? as f32,
+            "cfg_scale" => {
+                p.cfg_scale = float_in(e, f64::MIN..=f64::MAX, "any finite number")? as f32
+            }
             "width" => p.width = side(e)?,
             "height" => p.height = side(e)?,
             "batch_size" => batch_size = int_in(e, BATCH_SIZE_RANGE)? as u32,
@@ -535,7 +420,12 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
                     "NV" => "NV".into(),
                     _ => {
                         let problem = "is not a noise source sdfarm can reproduce";
-                        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, "\"CPU\" or \"NV\""));
+                        return Err(SpecError::at(
+                            SpecErrorKind::InvalidValue,
+                            e,
+                            problem,
+                            "\"CPU\" or \"NV\"",
+                        ));
                     }
                 };
             }
@@ -557,36 +447,72 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         err.accepted = Some(MODEL_ACCEPTED.into());
         return Err(err);
     };
-    if model.trim().is_empty() || (model.starts_with("builtin:") && !BUILTIN_MODELS.contains(&model.as_str())) {
-        let problem = if model.trim().is_empty() { "is empty" } else { "is not a built-in model" };
-        return Err(SpecError::at(SpecErrorKind::InvalidValue, model_entry, problem, MODEL_ACCEPTED));
+    if model.trim().is_empty()
+        || (model.starts_with("builtin:") && !BUILTIN_MODELS.contains(&model.as_str()))
+    {
+        let problem = if model.trim().is_empty() {
+            "is empty"
+        } else {
+            "is not a built-in model"
+        };
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            model_entry,
+            problem,
+            MODEL_ACCEPTED,
+        ));
     }
     p.model = model;
 
-    let (sampler, scheduler) = samplers::canonical(&p.sampler_name, &p.scheduler).map_err(|refused| {
-        let (key, problem, names): (_, _, Vec<_>) = match refused {
-            samplers::Refused::Sampler => {
-                ("sampler_name", "is not an A1111 sampler", samplers::sampler_names().collect())
+    let (sampler, scheduler) =
+        samplers::canonical(&p.sampler_name, &p.scheduler).map_err(|refused| {
+            let (key, problem, names): (_, _, Vec<_>) = match refused {
+                samplers::Refused::Sampler => (
+                    "sampler_name",
+                    "is not an A1111 sampler",
+                    samplers::sampler_names().collect(),
+                ),
+                samplers::Refused::Scheduler => (
+                    "scheduler",
+                    "is not an A1111 schedule type",
+                    samplers::scheduler_labels().collect(),
+                ),
+            };
+            let written = if key == "scheduler" {
+                &p.scheduler
+            } else {
+                &p.sampler_name
+            };
+            let hint = nearest(written, names.iter().copied())
+                .map(|n| format!("; did you mean \"{n}\"?"))
+                .unwrap_or_default();
+            let listed = names
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            match find(key) {
+                Some(e) => SpecError::at(
+                    SpecErrorKind::InvalidValue,
+                    e,
+                    format!("{problem}{hint}"),
+                    listed,
+                ),
+                None => {
+                    // Only the default was involved, e.g. a legacy name in `sampler_name` with
+                    // a `scheduler` the user never wrote; blame the key that was written.
+                    let e = find("sampler_name")
+                        .or(find("scheduler"))
+                        .expect("a default is valid");
+                    SpecError::at(
+                        SpecErrorKind::InvalidValue,
+                        e,
+                        format!("{problem}{hint}"),
+                        listed,
+                    )
+                }
             }
-            samplers::Refused::Scheduler => {
-                ("scheduler", "is not an A1111 schedule type", samplers::scheduler_labels().collect())
-            }
-        };
-        let written = if key == "scheduler" { &p.scheduler } else { &p.sampler_name };
-        let hint = nearest(written, names.iter().copied())
-            .map(|n| format!("; did you mean \"{n}\"?"))
-            .unwrap_or_default();
-        let listed = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-        match find(key) {
-            Some(e) => SpecError::at(SpecErrorKind::InvalidValue, e, format!("{problem}{hint}"), listed),
-            None => {
-                // Only the default was involved, e.g. a legacy name in `sampler_name` with
-                // a `scheduler` the user never wrote; blame the key that was written.
-                let e = find("sampler_name").or(find("scheduler")).expect("a default is valid");
-                SpecError::at(SpecErrorKind::InvalidValue, e, format!("{problem}{hint}"), listed)
-            }
-        }
-    })?;
+        })?;
     p.sampler_name = sampler.into();
     p.scheduler = scheduler.into();
     let family = samplers::find_sampler(sampler).expect("canonical names are known");
@@ -594,13 +520,22 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
 
     let pixels = u64::from(p.width) * u64::from(p.height) * u64::from(batch_size);
     if pixels > MAX_BATCH_PIXELS {
-        let e = find("batch_size").or(find("width")).or(find("height")).expect("defaults fit");
+        let e = find("batch_size")
+            .or(find("width"))
+            .or(find("height"))
+            .expect("defaults fit");
         let problem = format!(
             "makes a batch of {batch_size} x {}x{} = {pixels} pixels, more than the limit of {MAX_BATCH_PIXELS}",
             p.width, p.height
         );
-        let accepted = format!("width * height * batch_size up to {MAX_BATCH_PIXELS}, e.g. 64 x 512x512");
-        return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, accepted));
+        let accepted =
+            format!("width * height * batch_size up to {MAX_BATCH_PIXELS}, e.g. 64 x 512x512");
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            problem,
+            accepted,
+        ));
     }
 
     // Image i gets seed + i (or subseed + i); the last one must still be a valid seed.
@@ -609,19 +544,39 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         let v = if key == "seed" { p.seed } else { p.subseed };
         if v.checked_add(last).is_none() {
             let e = find(key).expect("the default seed is -1");
-            let problem = format!("leaves no room for {} images (seed + image index must fit in 64 bits)", last + 1);
+            let problem = format!(
+                "leaves no room for {} images (seed + image index must fit in 64 bits)",
+                last + 1
+            );
             let accepted = format!("-1, or 0 to {}", i64::MAX - last);
-            return Err(SpecError::at(SpecErrorKind::InvalidValue, e, problem, accepted));
+            return Err(SpecError::at(
+                SpecErrorKind::InvalidValue,
+                e,
+                problem,
+                accepted,
+            ));
         }
     }
 
-    Ok(SweepSpec { name, base: p, batch_size, n_iter, priority, max_attempts })
+    Ok(SweepSpec {
+        name,
+        base: p,
+        batch_size,
+        n_iter,
+        priority,
+        max_attempts,
+    })
 }
 
 fn not_a_sweep_key(e: &Entry, key: &str) -> SpecError {
     if let Some((_, what)) = RESERVED_TABLES.iter().find(|(k, _)| *k == key) {
         let problem = format!("is reserved for {what}, which this version does not support yet");
-        return SpecError::at(SpecErrorKind::Unsupported, e, problem, "remove it and sweep one set of parameters");
+        return SpecError::at(
+            SpecErrorKind::Unsupported,
+            e,
+            problem,
+            "remove it and sweep one set of parameters",
+        );
     }
     if A1111_UNSUPPORTED.contains(&key) {
         let problem = "is an AUTOMATIC1111 option sdfarm does not support yet";
