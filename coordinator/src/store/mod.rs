@@ -7,11 +7,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sdfarm_proto::RenderParams;
 
+#[cfg(test)]
+mod conformance;
 mod postgres;
 mod rows;
 mod sqlite;
-#[cfg(test)]
-mod conformance;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

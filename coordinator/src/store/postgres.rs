@@ -346,7 +346,9 @@ impl Store for PostgresStore {
             worker: worker.to_string(),
         };
         let mut tx = self.pool.begin().await?;
-        let job_id = Self::lock_job_of(&mut tx, task_id).await?.ok_or_else(lost)?;
+        let job_id = Self::lock_job_of(&mut tx, task_id)
+            .await?
+            .ok_or_else(lost)?;
         let done = sqlx::query(COMPLETE)
             .bind(task_id)
             .bind(worker)
@@ -379,7 +381,9 @@ impl Store for PostgresStore {
             worker: worker.to_string(),
         };
         let mut tx = self.pool.begin().await?;
-        let job_id = Self::lock_job_of(&mut tx, task_id).await?.ok_or_else(lost)?;
+        let job_id = Self::lock_job_of(&mut tx, task_id)
+            .await?
+            .ok_or_else(lost)?;
         let (attempt, max_attempts): (i32, i32) = sqlx::query_as(LEASED_ATTEMPT)
             .bind(task_id)
             .bind(worker)
