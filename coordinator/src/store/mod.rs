@@ -309,6 +309,7 @@ pub trait Store: Send + Sync + 'static {
     /// attempt's reason.
     async fn rescue_expired(&self, policy: &RetryPolicy, now: Millis) -> Result<RescueReport>;
 
-    /// Cancels every task of the job that has not reached a final state.
+    /// Cancels every task of the job that has not reached a final state and returns the job.
+    /// A job that already finished is returned unchanged: its outcome stands.
     async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord>;
 }

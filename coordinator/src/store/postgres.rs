@@ -448,7 +448,7 @@ impl Store for PostgresStore {
         Ok(report)
     }
 
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(skip_all, fields(job_id = %id))]
     async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
         let mut tx = self.pool.begin().await?;
         let cancelled: Option<String> = sqlx::query_scalar(CANCEL_JOB)

@@ -150,6 +150,12 @@ impl SqliteStore {
                 .max_lifetime(None);
             (pool, options)
         } else {
+            // `create_if_missing` makes the file, not its folder.
+            if let Some(dir) = options.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+                }
+            }
             let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal);
@@ -417,7 +423,7 @@ impl Store for SqliteStore {
         Ok(report)
     }
 
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(skip_all, fields(job_id = %id))]
     async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
         let mut tx = self.begin_write().await?;
         let cancelled: Option<String> = sqlx::query_scalar(CANCEL_JOB)
