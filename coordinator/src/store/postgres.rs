@@ -5,6 +5,8 @@
 //! the job row first (`FOR NO KEY UPDATE`, held by any write that may finish the job), then
 //! task rows in id order. The claim never waits: it skips locked tasks (`SKIP LOCKED`), so
 //! claimers on many replicas each get different tasks without blocking each other.
+//! Finalizing writes of one job serialise on its row; each holds it for a few statements,
+//! far less than an image takes to render.
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;

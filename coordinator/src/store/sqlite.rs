@@ -1,10 +1,11 @@
 //! SQLite implementation of `Store`: the embedded default for `sdfarm run` and single-node
 //! coordinators.
 //!
-//! SQLite allows one writer at a time, so every multi-statement write runs in a
-//! `BEGIN IMMEDIATE` transaction: it takes the write lock before reading, which serialises
-//! concurrent claimers (no two can pick the same task) and avoids the busy-snapshot errors a
-//! deferred transaction gets when it upgrades from reading to writing. Readers never wait
+//! SQLite allows one writer at a time, so every write transaction starts with
+//! `BEGIN IMMEDIATE`: it takes the write lock before reading, which serialises concurrent
+//! claimers (no two can pick the same task) and avoids the busy-snapshot errors a deferred
+//! transaction gets when it upgrades from reading to writing. (The heartbeat is a single
+//! `UPDATE`, which SQLite already runs as a write from its first step.) Readers never wait
 //! (WAL mode); writers wait up to the busy timeout.
 
 use std::str::FromStr;
