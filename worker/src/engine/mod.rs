@@ -1,6 +1,226 @@
 //! Diffusion engine: prompt encoding, torch-compatible noise, samplers and the txt2img pipeline.
+//!
+//! [`Engine::render`] turns one `RenderParams` into RGB pixels with A1111's semantics: the
+//! image's seed feeds a torch-compatible CPU generator for the initial latents (and ancestral
+//! noise), the sampler names and the "Automatic" schedule are A1111's, and guidance batches
+//! `[negative, positive]` prompts. Loaded models stay in memory between renders; the
+//! coordinator uses [`Engine::loaded_models`] to send tasks where their model already is.
+//!
+//! Submodules are public so tests can check each stage against reference tensors.
 
+pub mod config;
 mod error;
+pub mod noise;
+pub mod pipeline;
+pub mod sampler;
+pub mod schedule;
+pub mod text_encoder;
+pub mod tokenizer;
 pub mod torch_rng;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use sdfarm_proto::RenderParams;
+
 pub use error::EngineError;
+pub use pipeline::{Pipeline, SampleSettings, StepTrace};
+pub use sampler::{Sampler, SAMPLER_NAMES};
+
+use crate::models::{ModelResolver, ResolvedModel};
+
+/// How many pipelines stay loaded at once; the least recently used one is dropped beyond this.
+const MAX_LOADED: usize = 2;
+
+/// Schedule types accepted in `RenderParams.scheduler`.
+pub const SCHEDULER_NAMES: &[&str] = &["Automatic"];
+
+/// One rendered image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedImage {
+    pub width: u32,
+    pub height: u32,
+    /// RGB8, row-major, `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
+    pub model_name: String,
+    pub model_hash: String,
+}
+
+struct Loaded {
+    model_ref: String,
+    pipeline: Arc<Pipeline>,
+    last_used: Instant,
+}
+
+/// Renders images on the CPU; safe to share between threads.
+pub struct Engine {
+    resolver: ModelResolver,
+    loaded: Mutex<HashMap<PathBuf, Loaded>>,
+}
+
+impl Engine {
+    pub fn new(resolver: ModelResolver) -> Self {
+        Engine {
+            resolver,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn resolver(&self) -> &ModelResolver {
+        &self.resolver
+    }
+
+    /// Model references whose pipelines are in memory.
+    pub fn loaded_models(&self) -> Vec<String> {
+        let loaded = self.loaded.lock().expect("engine model cache");
+        let mut refs: Vec<String> = loaded.values().map(|l| l.model_ref.clone()).collect();
+        refs.sort();
+        refs
+    }
+
+    /// The pipeline for a resolved model, loading it on first use.
+    pub fn pipeline(
+        &self,
+        model_ref: &str,
+        resolved: &ResolvedModel,
+    ) -> Result<Arc<Pipeline>, EngineError> {
+        if let Some(entry) = self
+            .loaded
+            .lock()
+            .expect("engine model cache")
+            .get_mut(&resolved.dir)
+        {
+            entry.last_used = Instant::now();
+            return Ok(entry.pipeline.clone());
+        }
+        // Load outside the lock: it takes seconds for real models and other renders continue.
+        let pipeline = Arc::new(Pipeline::load(&resolved.dir)?);
+        let mut loaded = self.loaded.lock().expect("engine model cache");
+        let entry = loaded
+            .entry(resolved.dir.clone())
+            .or_insert_with(|| Loaded {
+                model_ref: model_ref.trim().to_string(),
+                pipeline,
+                last_used: Instant::now(),
+            });
+        entry.last_used = Instant::now();
+        let pipeline = entry.pipeline.clone();
+        while loaded.len() > MAX_LOADED {
+            let oldest = loaded
+                .iter()
+                .min_by_key(|(_, l)| l.last_used)
+                .map(|(dir, _)| dir.clone())
+                .expect("non-empty cache");
+            loaded.remove(&oldest);
+        }
+        Ok(pipeline)
+    }
+
+    /// Renders one image. Blocking and CPU heavy. `on_step(step, total)` runs after every
+    /// sampler step (1-based); returning `false` stops with [`EngineError::Cancelled`].
+    pub fn render(
+        &self,
+        params: &RenderParams,
+        on_step: &mut dyn FnMut(u32, u32) -> bool,
+    ) -> Result<RenderedImage, EngineError> {
+        let sampler = Sampler::from_name(&params.sampler_name)?;
+        check_scheduler(&params.scheduler)?;
+        if params.steps == 0 {
+            return Err(EngineError::param("steps", params.steps, "at least 1"));
+        }
+        if !params.cfg_scale.is_finite() {
+            return Err(EngineError::param(
+                "cfg_scale",
+                params.cfg_scale,
+                "a finite number",
+            ));
+        }
+        if !params.eta.is_finite() || params.eta < 0.0 {
+            return Err(EngineError::param(
+                "eta",
+                params.eta,
+                "a finite number >= 0",
+            ));
+        }
+        let mut source = noise::NoiseSource::new(&params.rng, params.seed)?;
+
+        let resolved = self.resolver.resolve(&params.model)?;
+        let pipeline = self.pipeline(&params.model, &resolved)?;
+        let shape = pipeline.latent_shape(params.width, params.height)?;
+        let clip_skip = params.clip_skip as usize;
+        if clip_skip > pipeline.text_layers() {
+            return Err(EngineError::param(
+                "clip_skip",
+                params.clip_skip,
+                format!("0 to {} for this model", pipeline.text_layers()),
+            ));
+        }
+
+        let device = pipeline.device().clone();
+        let per_image = [shape[1], shape[2], shape[3]];
+        let numel: usize = per_image.iter().product();
+        let init = noise::initial_noise(
+            &mut source,
+            &params.rng,
+            params.subseed,
+            params.subseed_strength,
+            per_image,
+        )?;
+        let init = Tensor::from_vec(init, shape.to_vec(), &device)?;
+
+        let cond = pipeline.encode_prompt(&params.prompt, clip_skip)?;
+        let uncond = pipeline.encode_prompt(&params.negative_prompt, clip_skip)?;
+        let settings = SampleSettings {
+            sampler,
+            steps: params.steps as usize,
+            cfg_scale: params.cfg_scale,
+            eta: sampler.effective_eta(params.eta),
+        };
+        let mut fresh_noise = || -> Result<Tensor, EngineError> {
+            Ok(Tensor::from_vec(
+                source.randn(numel),
+                shape.to_vec(),
+                &device,
+            )?)
+        };
+        let latents = pipeline.sample(
+            &settings,
+            &cond,
+            &uncond,
+            &init,
+            &mut fresh_noise,
+            &mut |trace| on_step(trace.step as u32, trace.total as u32),
+        )?;
+        let decoded = pipeline.decode(&latents)?;
+        let (width, height, rgb) = pipeline::decoded_to_rgb8(&decoded)?;
+        Ok(RenderedImage {
+            width,
+            height,
+            rgb,
+            model_name: resolved.name,
+            model_hash: resolved.hash,
+        })
+    }
+}
+
+/// Accepts A1111's "Automatic" schedule type (or none); the others come later.
+fn check_scheduler(name: &str) -> Result<(), EngineError> {
+    match name.trim() {
+        "" | "Automatic" | "automatic" => Ok(()),
+        "Uniform" | "Karras" | "Exponential" | "Polyexponential" | "SGM Uniform" | "KL Optimal"
+        | "Align Your Steps" | "Simple" | "Normal" | "DDIM" | "Beta" | "uniform" | "karras"
+        | "exponential" | "polyexponential" | "sgm_uniform" | "kl_optimal" | "align_your_steps"
+        | "simple" | "normal" | "ddim" | "beta" => Err(EngineError::Unsupported {
+            what: format!("scheduler {:?}", name.trim()),
+            hint: format!("accepted for now: {}", SCHEDULER_NAMES.join(", ")),
+        }),
+        other => Err(EngineError::param(
+            "scheduler",
+            format!("{other:?}"),
+            format!("one of {}", SCHEDULER_NAMES.join(", ")),
+        )),
+    }
+}

@@ -1,0 +1,360 @@
+//! Reading a diffusers folder's `config.json` files into candle's model configurations.
+//!
+//! Only what SD 1.x-style models use is accepted; anything that would make candle build a
+//! different network than the checkpoint describes (SDXL's added conditioning, class
+//! embeddings, asymmetric up blocks...) is refused with the offending key named, rather than
+//! loaded and rendered wrong.
+
+use std::path::{Path, PathBuf};
+
+use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModelConfig,
+};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::EngineError;
+
+/// Reads and parses one JSON file of a model folder.
+pub fn read_json(path: &Path) -> Result<Value, EngineError> {
+    let raw = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EngineError::invalid_model(path, "file is missing")
+        } else {
+            EngineError::io(path, e)
+        }
+    })?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| EngineError::invalid_model(path, format!("not valid JSON: {e}")))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path, value: Value) -> Result<T, EngineError> {
+    serde_json::from_value(value)
+        .map_err(|e| EngineError::invalid_model(path, format!("unexpected config: {e}")))
+}
+
+/// A value diffusers allows either once for all blocks or once per block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn get(&self, i: usize) -> Option<usize> {
+        match self {
+            PerBlock::One(v) => Some(*v),
+            PerBlock::Each(v) => v.get(i).copied(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UNetJson {
+    in_channels: usize,
+    out_channels: usize,
+    block_out_channels: Vec<usize>,
+    down_block_types: Vec<String>,
+    up_block_types: Vec<String>,
+    layers_per_block: usize,
+    cross_attention_dim: usize,
+    attention_head_dim: PerBlock,
+    #[serde(default)]
+    num_attention_heads: Option<PerBlock>,
+    #[serde(default)]
+    transformer_layers_per_block: Option<PerBlock>,
+    #[serde(default = "default_groups")]
+    norm_num_groups: usize,
+    #[serde(default = "default_eps")]
+    norm_eps: f64,
+    #[serde(default = "default_true")]
+    flip_sin_to_cos: bool,
+    #[serde(default)]
+    freq_shift: f64,
+    #[serde(default = "default_one")]
+    downsample_padding: usize,
+    #[serde(default = "default_one_f")]
+    mid_block_scale_factor: f64,
+    #[serde(default)]
+    use_linear_projection: bool,
+    #[serde(default)]
+    center_input_sample: bool,
+    #[serde(default)]
+    addition_embed_type: Option<String>,
+    #[serde(default)]
+    class_embed_type: Option<String>,
+    #[serde(default)]
+    time_cond_proj_dim: Option<usize>,
+    #[serde(default)]
+    encoder_hid_dim: Option<usize>,
+}
+
+fn default_groups() -> usize {
+    32
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> usize {
+    1
+}
+fn default_one_f() -> f64 {
+    1.0
+}
+
+/// Everything needed to build the UNet.
+#[derive(Debug, Clone)]
+pub struct UNetSettings {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub config: UNet2DConditionModelConfig,
+}
+
+/// `unet/config.json` → candle's UNet configuration.
+pub fn unet_settings(path: &Path) -> Result<UNetSettings, EngineError> {
+    let json: UNetJson = parse(path, read_json(path)?)?;
+    let unsupported = |key: &str, value: &dyn std::fmt::Debug| {
+        EngineError::invalid_model(
+            path,
+            format!("{key} = {value:?} is not supported (SD 1.x-style UNets only)"),
+        )
+    };
+    for (key, value) in [
+        ("addition_embed_type", &json.addition_embed_type),
+        ("class_embed_type", &json.class_embed_type),
+    ] {
+        if value.is_some() {
+            return Err(unsupported(key, value));
+        }
+    }
+    if json.time_cond_proj_dim.is_some() {
+        return Err(unsupported("time_cond_proj_dim", &json.time_cond_proj_dim));
+    }
+    if json.encoder_hid_dim.is_some() {
+        return Err(unsupported("encoder_hid_dim", &json.encoder_hid_dim));
+    }
+    let n = json.block_out_channels.len();
+    if n == 0 || json.down_block_types.len() != n || json.up_block_types.len() != n {
+        return Err(EngineError::invalid_model(
+            path,
+            "block_out_channels, down_block_types and up_block_types must have the same, \
+             non-zero length",
+        ));
+    }
+    // diffusers' SD 1.x configs put the head count in attention_head_dim; newer ones use
+    // num_attention_heads.
+    let heads = json
+        .num_attention_heads
+        .as_ref()
+        .unwrap_or(&json.attention_head_dim);
+    let layers = json
+        .transformer_layers_per_block
+        .clone()
+        .unwrap_or(PerBlock::One(1));
+    let mut blocks = Vec::with_capacity(n);
+    for (i, kind) in json.down_block_types.iter().enumerate() {
+        let use_cross_attn = match kind.as_str() {
+            "CrossAttnDownBlock2D" => Some(layers.get(i).ok_or_else(|| {
+                unsupported(
+                    "transformer_layers_per_block",
+                    &json.transformer_layers_per_block,
+                )
+            })?),
+            "DownBlock2D" => None,
+            other => return Err(unsupported("down_block_types", &other)),
+        };
+        let mirrored = match kind.as_str() {
+            "CrossAttnDownBlock2D" => "CrossAttnUpBlock2D",
+            _ => "UpBlock2D",
+        };
+        if json.up_block_types[n - 1 - i] != mirrored {
+            return Err(unsupported("up_block_types", &json.up_block_types));
+        }
+        let attention_head_dim = heads
+            .get(i)
+            .ok_or_else(|| unsupported("attention heads", heads))?;
+        if attention_head_dim == 0 || json.block_out_channels[i] % attention_head_dim != 0 {
+            return Err(unsupported("attention heads", heads));
+        }
+        blocks.push(BlockConfig {
+            out_channels: json.block_out_channels[i],
+            use_cross_attn,
+            attention_head_dim,
+        });
+    }
+    Ok(UNetSettings {
+        in_channels: json.in_channels,
+        out_channels: json.out_channels,
+        config: UNet2DConditionModelConfig {
+            center_input_sample: json.center_input_sample,
+            flip_sin_to_cos: json.flip_sin_to_cos,
+            freq_shift: json.freq_shift,
+            blocks,
+            layers_per_block: json.layers_per_block,
+            downsample_padding: json.downsample_padding,
+            mid_block_scale_factor: json.mid_block_scale_factor,
+            norm_num_groups: json.norm_num_groups,
+            norm_eps: json.norm_eps,
+            cross_attention_dim: json.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: json.use_linear_projection,
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct VaeJson {
+    #[serde(default = "default_three")]
+    in_channels: usize,
+    #[serde(default = "default_three")]
+    out_channels: usize,
+    block_out_channels: Vec<usize>,
+    #[serde(default = "default_one")]
+    layers_per_block: usize,
+    #[serde(default = "default_four")]
+    latent_channels: usize,
+    #[serde(default = "default_groups")]
+    norm_num_groups: usize,
+    #[serde(default)]
+    scaling_factor: Option<f64>,
+    #[serde(default)]
+    shift_factor: Option<f64>,
+    #[serde(default = "default_true")]
+    use_quant_conv: bool,
+    #[serde(default = "default_true")]
+    use_post_quant_conv: bool,
+}
+
+fn default_three() -> usize {
+    3
+}
+fn default_four() -> usize {
+    4
+}
+
+/// Everything needed to build and use the VAE.
+#[derive(Debug, Clone)]
+pub struct VaeSettings {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub config: AutoEncoderKLConfig,
+    /// Latents are divided by this before decoding (0.18215 for SD 1.x).
+    pub scaling_factor: f64,
+    /// Image pixels per latent pixel along each axis: 2^(levels - 1).
+    pub downscale: usize,
+}
+
+/// `vae/config.json` → candle's VAE configuration.
+pub fn vae_settings(path: &Path) -> Result<VaeSettings, EngineError> {
+    let json: VaeJson = parse(path, read_json(path)?)?;
+    if json.block_out_channels.is_empty() || json.block_out_channels.len() > 8 {
+        return Err(EngineError::invalid_model(
+            path,
+            format!(
+                "block_out_channels {:?}: expected 1 to 8 levels",
+                json.block_out_channels
+            ),
+        ));
+    }
+    if let Some(shift) = json.shift_factor {
+        if shift != 0.0 {
+            return Err(EngineError::invalid_model(
+                path,
+                format!("shift_factor = {shift} is not supported (SD 1.x VAEs have none)"),
+            ));
+        }
+    }
+    let downscale = 1usize << (json.block_out_channels.len() - 1);
+    Ok(VaeSettings {
+        in_channels: json.in_channels,
+        out_channels: json.out_channels,
+        config: AutoEncoderKLConfig {
+            block_out_channels: json.block_out_channels,
+            layers_per_block: json.layers_per_block,
+            latent_channels: json.latent_channels,
+            norm_num_groups: json.norm_num_groups,
+            use_quant_conv: json.use_quant_conv,
+            use_post_quant_conv: json.use_post_quant_conv,
+        },
+        scaling_factor: json.scaling_factor.unwrap_or(0.18215),
+        downscale,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ClipJson {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    vocab_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "default_quick_gelu")]
+    hidden_act: String,
+    #[serde(default)]
+    projection_dim: Option<usize>,
+}
+
+fn default_quick_gelu() -> String {
+    "quick_gelu".into()
+}
+
+/// `text_encoder/config.json` → candle's CLIP text configuration.
+pub fn clip_settings(path: &Path) -> Result<ClipTextConfig, EngineError> {
+    let json: ClipJson = parse(path, read_json(path)?)?;
+    let activation = match json.hidden_act.as_str() {
+        "quick_gelu" => Activation::QuickGelu,
+        other => {
+            return Err(EngineError::invalid_model(
+                path,
+                format!("hidden_act = {other:?} is not supported; accepted: \"quick_gelu\""),
+            ))
+        }
+    };
+    if json.num_attention_heads == 0 || json.hidden_size % json.num_attention_heads != 0 {
+        return Err(EngineError::invalid_model(
+            path,
+            format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                json.hidden_size, json.num_attention_heads
+            ),
+        ));
+    }
+    Ok(ClipTextConfig {
+        vocab_size: json.vocab_size,
+        embed_dim: json.hidden_size,
+        activation,
+        intermediate_size: json.intermediate_size,
+        max_position_embeddings: json.max_position_embeddings,
+        pad_with: None,
+        num_hidden_layers: json.num_hidden_layers,
+        num_attention_heads: json.num_attention_heads,
+        projection_dim: json.projection_dim.unwrap_or(json.hidden_size),
+    })
+}
+
+/// The files a diffusers SD folder must have, relative to the folder.
+pub const REQUIRED_FILES: &[&str] = &[
+    "model_index.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+];
+
+/// Paths of required files that are missing from `dir`.
+pub fn missing_files(dir: &Path) -> Vec<PathBuf> {
+    REQUIRED_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| !p.is_file())
+        .collect()
+}

@@ -1,0 +1,88 @@
+//! The CLIP text encoder, assembled from candle's CLIP encoder layers.
+//!
+//! candle's `ClipTextTransformer` only returns the last layer, but A1111's "Clip skip" needs an
+//! earlier one: with clip skip `n > 1` the prompt embedding is `final_layer_norm` applied to the
+//! output of the n-th layer from the end. So the embeddings and final norm are built here around
+//! candle's public `ClipEncoder`, under the same `text_model.*` tensor names as transformers.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_transformers::models::clip::text_model::{ClipEncoder, ClipTextConfig};
+use candle_transformers::models::clip::EncoderConfig;
+
+/// CLIP text model: token + position embeddings, transformer layers, final layer norm.
+pub struct TextEncoder {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    encoder: ClipEncoder,
+    final_layer_norm: LayerNorm,
+    num_layers: usize,
+}
+
+impl TextEncoder {
+    /// Builds the encoder from `text_model.*` tensors.
+    pub fn new(
+        vb: VarBuilder,
+        config: &ClipTextConfig,
+        layer_norm_eps: f64,
+    ) -> candle_core::Result<Self> {
+        let vb = vb.pp("text_model");
+        let emb = vb.pp("embeddings");
+        let token_embedding = candle_nn::embedding(
+            config.vocab_size,
+            config.embed_dim,
+            emb.pp("token_embedding"),
+        )?;
+        let position_embedding = candle_nn::embedding(
+            config.max_position_embeddings,
+            config.embed_dim,
+            emb.pp("position_embedding"),
+        )?;
+        let encoder = ClipEncoder::new(vb.pp("encoder"), &EncoderConfig::Text(config.clone()))?;
+        let final_layer_norm =
+            candle_nn::layer_norm(config.embed_dim, layer_norm_eps, vb.pp("final_layer_norm"))?;
+        Ok(TextEncoder {
+            token_embedding,
+            position_embedding,
+            encoder,
+            final_layer_norm,
+            num_layers: config.num_hidden_layers,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.num_layers
+    }
+
+    /// Hidden states `[batch, seq, dim]` for token ids `[batch, seq]`.
+    ///
+    /// `clip_skip` 0 or 1 takes the last layer; `n > 1` the n-th from the end. Either way the
+    /// final layer norm is applied, as both diffusers and A1111 do for SD 1.x.
+    pub fn forward(&self, ids: &Tensor, clip_skip: usize) -> candle_core::Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, ids.device())?.unsqueeze(0)?;
+        let xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(batch, seq, ids.device())?;
+        let hidden = if clip_skip <= 1 {
+            self.encoder.forward(&xs, Some(&mask))?
+        } else {
+            let mut states = self.encoder.output_hidden_states(&xs, Some(&mask))?;
+            let index = states.len().saturating_sub(clip_skip.min(states.len()));
+            states.swap_remove(index)
+        };
+        self.final_layer_norm.forward(&hidden)
+    }
+}
+
+/// Additive attention mask that hides later tokens: `[batch, 1, seq, seq]`.
+fn causal_mask(batch: usize, seq: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (seq, seq), device)?
+        .to_dtype(DType::F32)?
+        .broadcast_as((batch, 1, seq, seq))
+}
