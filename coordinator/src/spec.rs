@@ -132,9 +132,13 @@ pub enum SpecErrorKind {
     Unsupported,
 }
 
-/// A mistake in a sweep file, worded for the person who wrote it.
+/// A mistake in a sweep file, worded for the person who wrote it. Boxed so the many
+/// `Result`s on the parsing path stay one pointer wide; fields are read through `Deref`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct SpecError {
+pub struct SpecError(Box<SpecErrorDetails>);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecErrorDetails {
     pub kind: SpecErrorKind,
     /// File name shown in the message, when the caller knows it.
     pub file: Option<String>,
@@ -147,6 +151,20 @@ pub struct SpecError {
     pub accepted: Option<String>,
 }
 
+impl std::ops::Deref for SpecError {
+    type Target = SpecErrorDetails;
+
+    fn deref(&self) -> &SpecErrorDetails {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SpecError {
+    fn deref_mut(&mut self) -> &mut SpecErrorDetails {
+        &mut self.0
+    }
+}
+
 impl SpecError {
     /// Names the file in the message, e.g. `sweep.toml line 4: …`.
     pub fn in_file(mut self, file: impl Into<String>) -> SpecError {
@@ -155,7 +173,7 @@ impl SpecError {
     }
 
     fn new(kind: SpecErrorKind, problem: impl Into<String>) -> SpecError {
-        SpecError {
+        SpecError(Box::new(SpecErrorDetails {
             kind,
             file: None,
             line: None,
@@ -163,7 +181,7 @@ impl SpecError {
             value: None,
             problem: problem.into(),
             accepted: None,
-        }
+        }))
     }
 
     fn at(
@@ -172,13 +190,12 @@ impl SpecError {
         problem: impl Into<String>,
         accepted: impl Into<String>,
     ) -> SpecError {
-        SpecError {
-            line: e.line,
-            key: Some(e.key.clone()),
-            value: Some(e.value.render()),
-            accepted: Some(accepted.into()),
-            ..SpecError::new(kind, problem)
-        }
+        let mut err = SpecError::new(kind, problem);
+        err.line = e.line;
+        err.key = Some(e.key.clone());
+        err.value = Some(e.value.render());
+        err.accepted = Some(accepted.into());
+        err
     }
 }
 
@@ -245,8 +262,8 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
