@@ -123,7 +123,8 @@ impl TestDb {
         let mut conn = sqlx::PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("Postgres at {admin_url} is needed for this test: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        // The name is generated here (a UUID), never user input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
             .expect("create test database");
@@ -149,7 +150,9 @@ impl Drop for TestDb {
             rt.block_on(async {
                 use sqlx::Connection;
                 let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
                     .execute(&mut conn)
                     .await
                     .ok()
