@@ -12,7 +12,11 @@ use sdfarm_coordinator::{Coordinator, CoordinatorConfig, SystemClock};
 #[derive(clap::Args, Debug)]
 pub struct CoordinatorArgs {
     /// Job store: postgres://user@host/db, or sqlite://path/to/file.db.
-    #[arg(long, env = "SDFARM_DATABASE_URL", default_value = "sqlite://sdfarm.db")]
+    #[arg(
+        long,
+        env = "SDFARM_DATABASE_URL",
+        default_value = "sqlite://sdfarm.db"
+    )]
     pub database_url: String,
     /// gRPC listen address (workers and clients).
     #[arg(long, env = "SDFARM_LISTEN", default_value = "127.0.0.1:7070")]

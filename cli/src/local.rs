@@ -55,9 +55,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let addr = format!("http://{}", listener.local_addr()?);
 
     let (stop_coord, coord_stopped) = tokio::sync::oneshot::channel::<()>();
-    let coord_task = tokio::spawn(sdfarm_coordinator::run(listener, None, coordinator, async {
-        let _ = coord_stopped.await;
-    }));
+    let coord_task = tokio::spawn(sdfarm_coordinator::run(
+        listener,
+        None,
+        coordinator,
+        async {
+            let _ = coord_stopped.await;
+        },
+    ));
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
     let worker_task = tokio::spawn(sdfarm_worker::run(
         sdfarm_worker::WorkerConfig {
@@ -80,7 +85,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .into_inner()
         .job
         .unwrap_or_default();
-    eprintln!("job {} ({} images)", job.id, job.counts.clone().unwrap_or_default().total);
+    eprintln!(
+        "job {} ({} images)",
+        job.id,
+        job.counts.clone().unwrap_or_default().total
+    );
     let finished = tokio::select! {
         r = progress::follow(&mut client, &job.id, true) => r?,
         _ = crate::shutdown_signal() => {
@@ -165,8 +174,8 @@ pub struct InfoArgs {
 }
 
 pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.image)
-        .with_context(|| format!("reading {}", args.image.display()))?;
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let text = sdfarm_worker::output::read_png_parameters(&bytes)
         .with_context(|| format!("reading PNG {}", args.image.display()))?
         .ok_or_else(|| {

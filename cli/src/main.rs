@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sdfarm", version, about = "Distributed batch renderer for Stable Diffusion")]
+#[command(
+    name = "sdfarm",
+    version,
+    about = "Distributed batch renderer for Stable Diffusion"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "sdfarm_worker=debug".
     #[arg(long, global = true, env = "SDFARM_LOG", default_value = "warn")]
@@ -26,7 +30,11 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct CoordinatorAddr {
     /// Coordinator gRPC address.
-    #[arg(long = "coordinator", env = "SDFARM_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long = "coordinator",
+        env = "SDFARM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub url: String,
 }
 

@@ -34,7 +34,11 @@ fn plan_json_lists_the_cells_with_a1111_field_names() {
     let dir = tempfile::tempdir().unwrap();
     let sweep = write(dir.path(), "s.toml", SWEEP);
     let out = sdfarm(&["plan", &sweep, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -49,7 +53,10 @@ fn plan_json_lists_the_cells_with_a1111_field_names() {
     assert_eq!(cell["seeds"], serde_json::json!([10, 11, 12, 13]));
     let summary = &lines.last().unwrap()["summary"];
     assert_eq!(summary["images"], 4);
-    assert_eq!(summary["checkpoints"], serde_json::json!(["builtin:tiny-sd"]));
+    assert_eq!(
+        summary["checkpoints"],
+        serde_json::json!(["builtin:tiny-sd"])
+    );
 }
 
 #[test]
@@ -69,14 +76,23 @@ fn a_bad_sweep_is_refused_with_key_value_and_line() {
         let out = sdfarm(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{cmd} accepted width 513");
-        assert!(err.contains("width") && err.contains("513") && err.contains("line 3"), "{cmd}: {err}");
-        assert!(!out_dir.join(".sdfarm").exists(), "{cmd} stored something for a bad sweep");
+        assert!(
+            err.contains("width") && err.contains("513") && err.contains("line 3"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            !out_dir.join(".sdfarm").exists(),
+            "{cmd} stored something for a bad sweep"
+        );
     }
     let typo = write(dir.path(), "typo.toml", "model = \"m\"\nstpes = 20\n");
     let out = sdfarm(&["plan", &typo]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("stpes") && err.contains("steps") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("stpes") && err.contains("steps") && err.contains("line 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -93,7 +109,11 @@ fn embedded_run_writes_pngs_whose_infotext_reads_back() {
         "--cache",
         cache.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job_dir = std::fs::read_dir(&out_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -104,16 +124,29 @@ fn embedded_run_writes_pngs_whose_infotext_reads_back() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["00000-10.png", "00001-11.png", "00002-12.png", "00003-13.png"]);
+    assert_eq!(
+        names,
+        [
+            "00000-10.png",
+            "00001-11.png",
+            "00002-12.png",
+            "00003-13.png"
+        ]
+    );
 
     for (i, name) in names.iter().enumerate() {
         let path = job_dir.join(name);
-        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
         assert_eq!((reader.info().width, reader.info().height), (32, 32));
 
         let out = sdfarm(&["info", path.to_str().unwrap(), "--json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(info["Prompt"], "a red barn");
         assert_eq!(info["Negative prompt"], "fog");
@@ -135,7 +168,10 @@ fn info_explains_a_png_without_parameters() {
     {
         let mut enc = png::Encoder::new(&mut bytes, 1, 1);
         enc.set_color(png::ColorType::Rgb);
-        enc.write_header().unwrap().write_image_data(&[0, 0, 0]).unwrap();
+        enc.write_header()
+            .unwrap()
+            .write_image_data(&[0, 0, 0])
+            .unwrap();
     }
     std::fs::write(&path, bytes).unwrap();
     let out = sdfarm(&["info", path.to_str().unwrap()]);

@@ -128,7 +128,10 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
         TestDb {
             url: format!("{base}/{name}"),
             admin_url,
@@ -153,9 +156,9 @@ impl Drop for TestDb {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
+                .execute(&mut conn)
+                .await
+                .ok()
             })
         })
         .join();
@@ -180,7 +183,11 @@ impl S3Server {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        wait_for_port(port, "moto_server (pip install 'moto[server]')", Duration::from_secs(60));
+        wait_for_port(
+            port,
+            "moto_server (pip install 'moto[server]')",
+            Duration::from_secs(60),
+        );
         let endpoint = format!("http://127.0.0.1:{port}");
         let bucket = "sdfarm-test".to_string();
         // Bucket creation is not part of object_store's API; moto accepts a plain PUT.
@@ -193,7 +200,10 @@ impl S3Server {
         .unwrap();
         let mut reply = String::new();
         let _ = stream.read_to_string(&mut reply);
-        assert!(reply.starts_with("HTTP/1.1 200"), "creating bucket failed: {reply}");
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "creating bucket failed: {reply}"
+        );
         S3Server {
             endpoint,
             bucket,

@@ -28,11 +28,12 @@ model = "{model}"
     )
 }
 
+// Fields drop in order: the coordinator stops before its database and S3 server go away.
 struct Farm {
-    _db: TestDb,
-    s3: S3Server,
     coordinator: Proc,
     addr: String,
+    s3: S3Server,
+    _db: TestDb,
     dir: tempfile::TempDir,
 }
 
@@ -53,10 +54,10 @@ impl Farm {
         );
         wait_for_port(port, "coordinator", Duration::from_secs(60));
         Farm {
-            _db: db,
-            s3,
             coordinator,
             addr,
+            s3,
+            _db: db,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -76,7 +77,12 @@ impl Farm {
         let path = self.dir.path().join("sweep.toml");
         std::fs::write(&path, sweep).unwrap();
         let out = sdfarm_ok(
-            &["submit", path.to_str().unwrap(), "--coordinator", &self.addr],
+            &[
+                "submit",
+                path.to_str().unwrap(),
+                "--coordinator",
+                &self.addr,
+            ],
             &[],
         );
         out.trim().to_string()
@@ -103,7 +109,13 @@ impl Farm {
         let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
         let mut out = BTreeMap::new();
         for meta in metas {
-            let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             let name = meta.location.filename().unwrap().to_string();
             out.insert(name, bytes.to_vec());
         }
@@ -121,13 +133,22 @@ async fn distributed_sweep_lands_in_s3_and_matches_embedded_run() {
 
     let job = farm.submit(&sweep);
     let status = farm.wait(&job);
-    assert!(status.success(), "sdfarm wait reported {status}: {:?}", farm.status_lines(&job));
+    assert!(
+        status.success(),
+        "sdfarm wait reported {status}: {:?}",
+        farm.status_lines(&job)
+    );
 
     let images = farm.images(&job).await;
     let names: Vec<&String> = images.keys().collect();
     assert_eq!(
         names,
-        ["00000-1234.png", "00001-1235.png", "00002-1236.png", "00003-1237.png"],
+        [
+            "00000-1234.png",
+            "00001-1235.png",
+            "00002-1236.png",
+            "00003-1237.png"
+        ],
         "exactly the sweep's four images, named by index and seed"
     );
     for (i, (name, png)) in images.iter().enumerate() {
@@ -171,9 +192,11 @@ async fn distributed_sweep_lands_in_s3_and_matches_embedded_run() {
     for (name, bytes) in &images {
         let local = std::fs::read(job_dirs[0].join(name))
             .unwrap_or_else(|e| panic!("sdfarm run did not write {name}: {e}"));
-        assert!(local == *bytes, "{name} differs between sdfarm run and the distributed farm");
+        assert!(
+            local == *bytes,
+            "{name} differs between sdfarm run and the distributed farm"
+        );
     }
-    drop(farm.coordinator);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,14 +215,21 @@ async fn killed_worker_task_is_released_after_lease_expiry() {
         if let Some(t) = lines[1..].iter().find(|t| t["state"] == "running") {
             break t["task_id"].as_i64().unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "no task was leased: {lines:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no task was leased: {lines:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     doomed.kill();
 
     let _rescuer = farm.worker("rescuer");
     let status = farm.wait(&job);
-    assert!(status.success(), "job did not succeed: {:?}", farm.status_lines(&job));
+    assert!(
+        status.success(),
+        "job did not succeed: {:?}",
+        farm.status_lines(&job)
+    );
 
     let lines = farm.status_lines(&job);
     let task = lines[1..]
@@ -207,12 +237,22 @@ async fn killed_worker_task_is_released_after_lease_expiry() {
         .find(|t| t["task_id"].as_i64() == Some(victim))
         .unwrap();
     assert_eq!(task["state"], "completed");
-    assert!(task["attempt"].as_u64().unwrap() >= 2, "re-leased after expiry: {task}");
+    assert!(
+        task["attempt"].as_u64().unwrap() >= 2,
+        "re-leased after expiry: {task}"
+    );
     let errors = task["errors"].as_array().unwrap();
     assert!(
-        errors.iter().any(|e| e.as_str().unwrap().contains("lease expired")),
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("lease expired")),
         "the lost attempt is recorded: {task}"
     );
     let images = farm.images(&job).await;
-    assert_eq!(images.len(), 4, "exactly the job's images: {:?}", images.keys());
+    assert_eq!(
+        images.len(),
+        4,
+        "exactly the job's images: {:?}",
+        images.keys()
+    );
 }
