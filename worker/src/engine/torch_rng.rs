@@ -174,7 +174,7 @@ fn normal_fill_16(block: &mut [f32]) {
 
 // Cephes constants exactly as avx_mathfun.h spells them. C initialises its float arrays from
 // these double literals, so they are rounded from f64, not parsed as f32.
-const SQRT_HALF: f32 = 0.707106781186547524_f64 as f32;
+const SQRT_HALF: f32 = std::f64::consts::FRAC_1_SQRT_2 as f32;
 const LOG_P: [f32; 9] = [
     7.0376836292E-2_f64 as f32,
     -1.1514610310E-1_f64 as f32,
@@ -189,6 +189,7 @@ const LOG_P: [f32; 9] = [
 const LOG_Q1: f32 = -2.12194440e-4_f64 as f32;
 const LOG_Q2: f32 = 0.693359375_f64 as f32;
 const FOUR_OVER_PI: f32 = 1.27323954473516_f64 as f32;
+#[allow(clippy::excessive_precision)]
 const MINUS_DP: [f32; 3] = [
     -0.78515625_f64 as f32,
     -2.4187564849853515625e-4_f64 as f32,

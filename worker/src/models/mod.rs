@@ -36,11 +36,14 @@ pub struct ResolvedModel {
     pub hash: String,
 }
 
+/// A cached file hash with the size and modification time it was computed for.
+type HashEntry = (u64, Option<SystemTime>, String);
+
 /// Resolves model references; owns the cache directory the built-in model is written to.
 pub struct ModelResolver {
     cache_dir: PathBuf,
     /// Hashes by file, invalidated when the file's size or modification time changes.
-    hashes: Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+    hashes: Mutex<HashMap<PathBuf, HashEntry>>,
 }
 
 impl ModelResolver {
