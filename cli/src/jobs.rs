@@ -176,6 +176,30 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints every failed attempt's reason, so a failed job says why.
+pub async fn print_task_errors(client: &mut JobServiceClient<Channel>, job_id: &str) {
+    let tasks = match client
+        .list_tasks(pb::ListTasksRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().tasks,
+        Err(status) => {
+            eprintln!("could not list the job's tasks: {}", status.message());
+            return;
+        }
+    };
+    for t in tasks.iter().filter(|t| !t.errors.is_empty()) {
+        eprintln!(
+            "image {} ({}): {}",
+            t.image_index,
+            task_state_name(t.state),
+            t.errors.join(" | ")
+        );
+    }
+}
+
 pub fn exit_code_for(job: &pb::Job) -> ExitCode {
     match pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified) {
         pb::JobState::Succeeded => ExitCode::SUCCESS,
@@ -195,6 +219,9 @@ pub async fn wait(args: JobArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.coordinator).await?;
     let job = progress::follow(&mut client, &args.job, false).await?;
     println!("job {} {}", job.id, state_name(job.state));
+    if job.state != pb::JobState::Succeeded as i32 {
+        print_task_errors(&mut client, &job.id).await;
+    }
     Ok(exit_code_for(&job))
 }
 

@@ -98,6 +98,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    if finished.state != sdfarm_proto::v1::JobState::Succeeded as i32 {
+        jobs::print_task_errors(&mut client, &finished.id).await;
+    }
     let _ = stop_worker.send(());
     if let Ok(Err(err)) = worker_task.await {
         eprintln!("worker: {err}");

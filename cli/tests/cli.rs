@@ -178,3 +178,31 @@ fn info_explains_a_png_without_parameters() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `parameters` text chunk"));
 }
+
+#[test]
+fn a_missing_model_fails_the_job_with_a_reason_and_no_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-model");
+    let sweep = write(
+        dir.path(),
+        "s.toml",
+        &format!(
+            "model = \"{}\"\nprompt = \"p\"\nwidth = 32\nheight = 32\nsteps = 2\n",
+            missing.display()
+        ),
+    );
+    let out_dir = dir.path().join("out");
+    let out = sdfarm(&["run", &sweep, "--out", out_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("failed"), "{stdout}");
+    assert!(
+        stderr.contains("no-such-model"),
+        "the reason names the model: {stderr}"
+    );
+    assert!(
+        stderr.contains("image 0 (discarded)"),
+        "not retried: {stderr}"
+    );
+}
