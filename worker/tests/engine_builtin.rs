@@ -140,6 +140,17 @@ fn renders_are_deterministic_and_seed_dependent() {
         assert_eq!(a, b, "{sampler} is not deterministic");
     }
 
+    let nv = RenderParams {
+        rng: "NV".into(),
+        ..params(1)
+    };
+    let nv_image = engine.render(&nv, &mut |_, _| true).unwrap();
+    assert_eq!(nv_image, engine.render(&nv, &mut |_, _| true).unwrap());
+    assert_ne!(
+        nv_image.rgb, first.rgb,
+        "NV and CPU noise gave the same image"
+    );
+
     let variation = RenderParams {
         subseed: 77,
         subseed_strength: 0.3,

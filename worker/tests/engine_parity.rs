@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use safetensors::SafeTensors;
+use sdfarm_worker::engine::philox::PhiloxGenerator;
 use sdfarm_worker::engine::pipeline::decoded_to_rgb8;
 use sdfarm_worker::engine::torch_rng::TorchGenerator;
 use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
@@ -32,9 +33,9 @@ struct Cases {
 }
 
 impl Cases {
-    fn load(dir: &Path) -> Self {
+    fn load(dir: &Path, file: &str) -> Self {
         Cases {
-            bytes: std::fs::read(dir.join("tiny-sd/pipeline_cases.safetensors")).unwrap(),
+            bytes: std::fs::read(dir.join("tiny-sd").join(file)).unwrap(),
         }
     }
 
@@ -83,7 +84,7 @@ fn text_embeddings_match_diffusers() {
         println!("skipped: ../shared/reference not found");
         return;
     };
-    let cases = Cases::load(&dir);
+    let cases = Cases::load(&dir, "pipeline_cases.safetensors");
     let pipeline = Pipeline::load(&dir.join("tiny-sd/diffusers")).unwrap();
     for (key, text) in [("t00", "a photo of a cat"), ("t01", "")] {
         let ours = pipeline.encode_prompt(text, 0).unwrap();
@@ -94,22 +95,26 @@ fn text_embeddings_match_diffusers() {
     }
 }
 
-fn run_case(case: &str, sampler: Sampler) {
+/// Which generator made a case's initial latents (seed 1234, shape [1, 4, 32, 32]).
+enum Noise {
+    Torch,
+    Philox,
+}
+
+fn run_case(file: &str, case: &str, sampler: Sampler, noise: Noise) {
     let Some(dir) = reference_dir() else {
         println!("skipped: ../shared/reference not found");
         return;
     };
-    let cases = Cases::load(&dir);
+    let cases = Cases::load(&dir, file);
     let pipeline = Pipeline::load(&dir.join("tiny-sd/diffusers")).unwrap();
 
-    // The reference's initial latents are torch.randn([1,4,32,32]) with seed 1234.
     let latents_init = cases.tensor(&format!("{case}.latents_init"));
-    let ours_init = Tensor::from_vec(
-        TorchGenerator::new(1234).randn(4 * 32 * 32),
-        (1, 4, 32, 32),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let values = match noise {
+        Noise::Torch => TorchGenerator::new(1234).randn(4 * 32 * 32),
+        Noise::Philox => PhiloxGenerator::new(1234).randn(4 * 32 * 32),
+    };
+    let ours_init = Tensor::from_vec(values, (1, 4, 32, 32), &Device::Cpu).unwrap();
     assert_eq!(max_abs(&ours_init, &latents_init), 0.0, "latents_init");
 
     let cond = pipeline.encode_prompt("a photo of a cat", 0).unwrap();
@@ -198,10 +203,40 @@ fn run_case(case: &str, sampler: Sampler) {
 
 #[test]
 fn ddim_pipeline_matches_diffusers() {
-    run_case("cat_ddim", Sampler::Ddim);
+    run_case(
+        "pipeline_cases.safetensors",
+        "cat_ddim",
+        Sampler::Ddim,
+        Noise::Torch,
+    );
 }
 
 #[test]
 fn euler_pipeline_matches_diffusers() {
-    run_case("cat_euler", Sampler::Euler);
+    run_case(
+        "pipeline_cases.safetensors",
+        "cat_euler",
+        Sampler::Euler,
+        Noise::Torch,
+    );
+}
+
+#[test]
+fn nv_noise_ddim_pipeline_matches_diffusers() {
+    run_case(
+        "nv_cases.safetensors",
+        "nv_seed1234_ddim",
+        Sampler::Ddim,
+        Noise::Philox,
+    );
+}
+
+#[test]
+fn nv_noise_euler_pipeline_matches_diffusers() {
+    run_case(
+        "nv_cases.safetensors",
+        "nv_seed1234_euler",
+        Sampler::Euler,
+        Noise::Philox,
+    );
 }

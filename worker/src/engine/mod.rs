@@ -11,6 +11,7 @@
 pub mod config;
 mod error;
 pub mod noise;
+pub mod philox;
 pub mod pipeline;
 pub mod sampler;
 pub mod schedule;

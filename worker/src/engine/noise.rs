@@ -5,16 +5,19 @@
 //! strength"), the initial noise is A1111's `slerp(strength, noise(seed), noise(subseed))`,
 //! where the subseed noise comes from a separate, fresh generator.
 
+use super::philox::PhiloxGenerator;
 use super::torch_rng::TorchGenerator;
 use super::EngineError;
 
 /// The `RenderParams.rng` values this build understands.
-pub const RNG_NAMES: &[&str] = &["CPU"];
+pub const RNG_NAMES: &[&str] = &["CPU", "NV"];
 
 /// A per-image noise generator.
 pub enum NoiseSource {
     /// `torch.Generator('cpu')`, A1111's "CPU" setting.
     Torch(TorchGenerator),
+    /// A1111's Philox generator, its "NV" setting (GPU-style noise made on any machine).
+    Philox(PhiloxGenerator),
 }
 
 impl NoiseSource {
@@ -22,10 +25,7 @@ impl NoiseSource {
     pub fn new(rng: &str, seed: i64) -> Result<Self, EngineError> {
         match rng.trim() {
             "" | "CPU" | "cpu" => Ok(NoiseSource::Torch(TorchGenerator::new(seed as u64))),
-            "NV" | "nv" => Err(EngineError::Unsupported {
-                what: "rng \"NV\" (A1111's Philox noise)".into(),
-                hint: "use rng \"CPU\"".into(),
-            }),
+            "NV" | "nv" => Ok(NoiseSource::Philox(PhiloxGenerator::new(seed as u64))),
             other => Err(EngineError::param(
                 "rng",
                 format!("{other:?}"),
@@ -38,6 +38,7 @@ impl NoiseSource {
     pub fn randn(&mut self, numel: usize) -> Vec<f32> {
         match self {
             NoiseSource::Torch(g) => g.randn(numel),
+            NoiseSource::Philox(g) => g.randn(numel),
         }
     }
 }
