@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod torch_rng;
+pub mod unet;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

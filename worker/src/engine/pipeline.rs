@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use super::config::{self, VaeSettings};
@@ -18,6 +17,7 @@ use super::sampler::{self, NoiseFn, Sampler, StepInfo};
 use super::schedule::DiscreteSchedule;
 use super::text_encoder::TextEncoder;
 use super::tokenizer::PromptTokenizer;
+use super::unet::UNet;
 use super::EngineError;
 
 /// A loaded SD 1.x model: tokenizer, text encoder, UNet, VAE and training schedule.
@@ -26,7 +26,7 @@ pub struct Pipeline {
     device: Device,
     tokenizer: PromptTokenizer,
     text_encoder: TextEncoder,
-    unet: UNet2DConditionModel,
+    unet: UNet,
     unet_in_channels: usize,
     vae: AutoEncoderKL,
     vae_settings: VaeSettings,
@@ -114,12 +114,11 @@ impl Pipeline {
             ));
         }
         let unet_weights = dir.join("unet/diffusion_pytorch_model.safetensors");
-        let unet = UNet2DConditionModel::new(
+        let unet = UNet::new(
             load_weights(&unet_weights, &device)?,
             unet_settings.in_channels,
             unet_settings.out_channels,
-            false,
-            unet_settings.config.clone(),
+            &unet_settings.config,
         )
         .map_err(|e| EngineError::invalid_model(&unet_weights, e.to_string()))?;
 

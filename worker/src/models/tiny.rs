@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use sha2::{Digest, Sha256};
@@ -25,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::config;
 use crate::engine::text_encoder::TextEncoder;
 use crate::engine::torch_rng::TorchGenerator;
+use crate::engine::unet::UNet;
 use crate::engine::EngineError;
 
 /// Config files of the tiny model, identical to the reference tiny-sd's.
@@ -189,12 +189,11 @@ pub fn write_tiny_model(dir: &Path) -> Result<(), EngineError> {
 
     let unet_settings = config::unet_settings(&dir.join("unet/config.json"))?;
     let unet = record(|vb| {
-        UNet2DConditionModel::new(
+        UNet::new(
             vb,
             unet_settings.in_channels,
             unet_settings.out_channels,
-            false,
-            unet_settings.config.clone(),
+            &unet_settings.config,
         )
         .map(|_| ())
     })?;
