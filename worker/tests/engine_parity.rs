@@ -192,7 +192,7 @@ fn run_case(file: &str, case: &str, sampler: Sampler, noise: Noise) {
     let float_err = max_abs(&float_image, &image_ref);
     println!("{case}: float image max abs error {float_err:.3e}");
     assert!(
-        float_err < 1e-4,
+        float_err < 1e-5,
         "{case}: float image differs by {float_err}"
     );
 
