@@ -121,9 +121,11 @@ fn renders_are_deterministic_and_seed_dependent() {
     assert_eq!(first.model_name, "tiny-sd");
     assert_eq!(first.model_hash.len(), 10);
     assert_eq!(engine.loaded_models(), vec![BUILTIN_TINY.to_string()]);
+    assert!(first.model_loaded);
 
     let again = engine.render(&params(1), &mut |_, _| true).unwrap();
-    assert_eq!(first, again, "same parameters, different bytes");
+    assert!(!again.model_loaded && again.model_load_ms == 0);
+    assert_eq!(first.rgb, again.rgb, "same parameters, different bytes");
     let other = engine.render(&params(2), &mut |_, _| true).unwrap();
     assert_ne!(first.rgb, other.rgb, "different seeds, same image");
 

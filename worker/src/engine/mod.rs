@@ -23,7 +23,7 @@ pub mod unet;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use sdfarm_proto::RenderParams;
@@ -49,6 +49,10 @@ pub struct RenderedImage {
     pub rgb: Vec<u8>,
     pub model_name: String,
     pub model_hash: String,
+    /// Whether this render had to load its model into memory first.
+    pub model_loaded: bool,
+    /// How long that load took (0 when the model was already loaded).
+    pub model_load_ms: u64,
 }
 
 struct Loaded {
@@ -83,12 +87,13 @@ impl Engine {
         refs
     }
 
-    /// The pipeline for a resolved model, loading it on first use.
+    /// The pipeline for a resolved model, loading it on first use. The duration is how long
+    /// loading took, `None` when it was already in memory.
     pub fn pipeline(
         &self,
         model_ref: &str,
         resolved: &ResolvedModel,
-    ) -> Result<Arc<Pipeline>, EngineError> {
+    ) -> Result<(Arc<Pipeline>, Option<Duration>), EngineError> {
         if let Some(entry) = self
             .loaded
             .lock()
@@ -96,10 +101,12 @@ impl Engine {
             .get_mut(&resolved.dir)
         {
             entry.last_used = Instant::now();
-            return Ok(entry.pipeline.clone());
+            return Ok((entry.pipeline.clone(), None));
         }
         // Load outside the lock: it takes seconds for real models and other renders continue.
+        let started = Instant::now();
         let pipeline = Arc::new(Pipeline::load(&resolved.dir)?);
+        let load_time = started.elapsed();
         let mut loaded = self.loaded.lock().expect("engine model cache");
         let entry = loaded
             .entry(resolved.dir.clone())
@@ -118,7 +125,7 @@ impl Engine {
                 .expect("non-empty cache");
             loaded.remove(&oldest);
         }
-        Ok(pipeline)
+        Ok((pipeline, Some(load_time)))
     }
 
     /// Renders one image. Blocking and CPU heavy. `on_step(step, total)` runs after every
@@ -150,7 +157,7 @@ impl Engine {
         let mut source = noise::NoiseSource::new(&params.rng, params.seed)?;
 
         let resolved = self.resolver.resolve(&params.model)?;
-        let pipeline = self.pipeline(&params.model, &resolved)?;
+        let (pipeline, load_time) = self.pipeline(&params.model, &resolved)?;
         let shape = pipeline.latent_shape(params.width, params.height)?;
         let clip_skip = params.clip_skip as usize;
         if clip_skip > pipeline.text_layers() {
@@ -204,6 +211,8 @@ impl Engine {
             rgb,
             model_name: resolved.name,
             model_hash: resolved.hash,
+            model_loaded: load_time.is_some(),
+            model_load_ms: load_time.map_or(0, |d| d.as_millis() as u64),
         })
     }
 }

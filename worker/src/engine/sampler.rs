@@ -24,7 +24,10 @@ pub enum Sampler {
     Euler,
     /// k-diffusion `sample_euler_ancestral`.
     EulerAncestral,
-    /// DDIM over the uniform timesteps 1, 1 + T/n, ...
+    /// DDIM over the uniform timesteps 1, 1 + T/n, ..., n model evaluations ending at
+    /// `alphas_cumprod[0]`, as LDM's `DDIMSampler` (A1111 before 1.6) and diffusers do.
+    /// A1111 1.6+ (`sd_samplers_timesteps_impl.ddim`) skips the evaluation at t = 1 and stops
+    /// at `alphas_cumprod[1]`; that variant is deliberately not followed.
     Ddim,
 }
 
@@ -58,14 +61,6 @@ impl Sampler {
         match self {
             Sampler::EulerAncestral if requested == 0.0 => 1.0,
             _ => requested,
-        }
-    }
-
-    /// How the initial noise is scaled into the first latent.
-    pub fn initial_noise_scale(self, schedule: &DiscreteSchedule, steps: usize) -> f32 {
-        match self {
-            Sampler::Euler | Sampler::EulerAncestral => schedule.automatic_sigmas(steps)[0],
-            Sampler::Ddim => 1.0,
         }
     }
 }
