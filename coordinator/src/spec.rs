@@ -3,13 +3,16 @@
 //! Top-level keys are AUTOMATIC1111 txt2img API names, so a sweep reads like an A1111 request.
 //! Defaults follow the A1111 API where it has one, with two choices of our own: `sampler_name`
 //! defaults to "Euler" and `rng` to "CPU" (A1111's "GPU" noise cannot be reproduced off CUDA).
-//! `[xyz]` and `[prompt_matrix]` are reserved: the parser refuses them until expansion grows
-//! axes, and [`RESERVED_TABLES`] is the one place that changes when it does.
+//! `[xyz]` holds an A1111 X/Y/Z plot and `[prompt_matrix]` a Prompt matrix; a sweep has at
+//! most one of them, as A1111 runs one script at a time.
 
+pub mod axes;
 mod samplers;
 mod source;
+pub mod tables;
 #[cfg(test)]
 mod tests;
+pub mod values;
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -18,6 +21,7 @@ use std::path::Path;
 use sdfarm_proto::RenderParams;
 
 use source::{Entry, Raw};
+pub use tables::{Axis, PromptMatrixSpec, PromptType, XyzSpec};
 
 /// Longest side, and the granularity A1111's latent space (1/8 of the image) imposes.
 pub const SIDE_RANGE: RangeInclusive<u32> = 8..=4096;
@@ -40,11 +44,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "prompt", "negative_prompt", "seed", "steps", "sampler_name", "scheduler", "cfg_scale",
     "width", "height", "batch_size", "n_iter", "model", "rng", "subseed", "subseed_strength",
     "clip_skip", "eta", "name", "priority", "max_attempts",
+    "xyz", "prompt_matrix",
 ];
-
-/// Tables kept for sweep features still to come: `(key, what it will hold)`.
-pub const RESERVED_TABLES: &[(&str, &str)] =
-    &[("xyz", "X/Y/Z plots"), ("prompt_matrix", "prompt matrices")];
 
 /// A1111 API fields sdfarm does not implement; named so the error says so instead of
 /// calling them unknown.
@@ -107,15 +108,37 @@ pub struct SweepSpec {
     pub n_iter: u32,
     pub priority: i32,
     pub max_attempts: u32,
+    /// Whether the file set `eta`; if not, a Sampler axis changes it to the new sampler's
+    /// family default, as A1111 does.
+    pub eta_explicit: bool,
+    pub xyz: Option<XyzSpec>,
+    pub prompt_matrix: Option<PromptMatrixSpec>,
 }
 
 impl SweepSpec {
     /// A copy with random seeds (-1) drawn, as A1111's `fix_seed` does once per run. Store this
     /// copy, so a retried or re-planned job renders the same images.
+    ///
+    /// Seed and Var. seed axis values of -1 are drawn here too, as `fix_axis_seeds` does;
+    /// with "Keep -1 for seeds" neither happens and each cell draws its own.
     pub fn resolved(&self) -> SweepSpec {
         let mut spec = self.clone();
-        spec.base.seed = crate::expand::resolve_seed(spec.base.seed);
-        spec.base.subseed = crate::expand::resolve_seed(spec.base.subseed);
+        let keep = spec.xyz.as_ref().is_some_and(|x| x.keep_random_seeds);
+        if !keep {
+            spec.base.seed = crate::expand::resolve_seed(spec.base.seed);
+            spec.base.subseed = crate::expand::resolve_seed(spec.base.subseed);
+        }
+        if let Some(xyz) = spec.xyz.as_mut().filter(|x| !x.keep_random_seeds) {
+            for axis in &mut xyz.axes {
+                if matches!(axis.def.field, axes::Field::Seed | axes::Field::Subseed) {
+                    for v in &mut axis.values {
+                        if let axes::AxisValue::Int(s) = v {
+                            *s = crate::expand::resolve_seed(*s);
+                        }
+                    }
+                }
+            }
+        }
         spec
     }
 }
@@ -222,6 +245,15 @@ impl fmt::Display for SpecError {
 
 pub type Result<T, E = SpecError> = std::result::Result<T, E>;
 
+/// A1111's eta default for a sampler: `eta_ddim` (0) for the timestep family, otherwise
+/// `eta_ancestral` (1).
+pub fn default_eta(sampler: &str) -> f32 {
+    match samplers::find_sampler(sampler) {
+        Some(s) if s.timestep_family => 0.0,
+        _ => 1.0,
+    }
+}
+
 /// Reads a sweep file, choosing the format from its extension and naming it in errors.
 pub fn parse_sweep_file(path: &Path) -> Result<SweepSpec> {
     let name = path.display().to_string();
@@ -238,6 +270,7 @@ pub fn parse_sweep(text: &str, format: SweepFormat) -> Result<SweepSpec> {
     };
     // Both parsers hand keys back sorted by name; report the first mistake in reading order.
     entries.sort_by_key(|e| e.offset);
+    entries.retain(|e| !matches!(e.value, Raw::Null));
     build(&entries)
 }
 
@@ -409,6 +442,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
     let (mut batch_size, mut n_iter, mut priority, mut max_attempts) =
         (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
     let (mut name, mut model, mut eta) = (None, None, None);
+    let (mut xyz_entry, mut matrix_entry) = (None, None);
     let find = |key: &str| entries.iter().find(|e| e.key == key);
 
     for e in entries {
@@ -454,6 +488,8 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
             "name" => name = Some(string(e, "any text")?),
             "priority" => priority = int_in(e, i64::from(i32::MIN)..=i64::from(i32::MAX))? as i32,
             "max_attempts" => max_attempts = int_in(e, MAX_ATTEMPTS_RANGE)? as u32,
+            "xyz" => xyz_entry = Some(e),
+            "prompt_matrix" => matrix_entry = Some(e),
             key => return Err(not_a_sweep_key(e, key)),
         }
     }
@@ -575,6 +611,20 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         }
     }
 
+    if let (Some(_), Some(m)) = (xyz_entry, matrix_entry) {
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            m,
+            "cannot be combined with [xyz]: A1111 runs one script per generation",
+            "either [xyz] or [prompt_matrix]",
+        ));
+    }
+    let xyz = xyz_entry.map(|e| tables::xyz(e, &p)).transpose()?;
+    let prompt_matrix = matrix_entry
+        .map(|e| tables::prompt_matrix(e, &p))
+        .transpose()?;
+    let eta_explicit = eta.is_some();
+
     Ok(SweepSpec {
         name,
         base: p,
@@ -582,19 +632,13 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         n_iter,
         priority,
         max_attempts,
+        eta_explicit,
+        xyz,
+        prompt_matrix,
     })
 }
 
 fn not_a_sweep_key(e: &Entry, key: &str) -> SpecError {
-    if let Some((_, what)) = RESERVED_TABLES.iter().find(|(k, _)| *k == key) {
-        let problem = format!("is reserved for {what}, which this version does not support yet");
-        return SpecError::at(
-            SpecErrorKind::Unsupported,
-            e,
-            problem,
-            "remove it and sweep one set of parameters",
-        );
-    }
     if A1111_UNSUPPORTED.contains(&key) {
         let problem = "is an AUTOMATIC1111 option sdfarm does not support yet";
         return SpecError::at(SpecErrorKind::Unsupported, e, problem, "remove it");

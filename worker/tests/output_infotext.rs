@@ -39,6 +39,7 @@ fn submitted() -> RenderParams {
         batch_index: 0,
         clip_skip: 2,
         eta: 0.75,
+        ..Default::default()
     }
 }
 

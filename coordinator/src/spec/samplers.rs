@@ -92,6 +92,7 @@ fn find_scheduler(name: &str) -> Option<usize> {
 }
 
 /// Why a sampler/scheduler pair was refused.
+#[derive(Debug)]
 pub(crate) enum Refused {
     Sampler,
     Scheduler,

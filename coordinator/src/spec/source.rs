@@ -17,6 +17,10 @@ pub(super) enum Raw {
     /// The source text is kept so messages echo what was written (`7.50`, not `7.5`).
     Float(f64, String),
     Bool(bool),
+    /// JSON `null`: the key is treated as absent.
+    Null,
+    /// A nested table (`[xyz]`, `x = { … }`) or JSON object, its entries in written order.
+    Table(Vec<Entry>),
     /// Anything else (tables, arrays, datetimes, out-of-range integers): type name and a
     /// short rendering.
     Other(&'static str, String),
@@ -37,6 +41,8 @@ impl Raw {
             Raw::Int(i) => i.to_string(),
             Raw::Float(_, text) => text.clone(),
             Raw::Bool(b) => b.to_string(),
+            Raw::Table(_) => "{…}".into(),
+            Raw::Null => "null".into(),
             Raw::Other(_, shown) => shown.clone(),
         }
     }
@@ -47,6 +53,8 @@ impl Raw {
             Raw::Int(_) => "an integer",
             Raw::Float(..) => "a float",
             Raw::Bool(_) => "a boolean",
+            Raw::Table(_) => "a table",
+            Raw::Null => "null",
             Raw::Other(name, _) => name,
         }
     }
@@ -61,7 +69,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 pub(super) fn toml_entries(text: &str) -> Result<Vec<Entry>> {
-    use toml::de::{DeTable, DeValue};
+    use toml::de::DeTable;
     let table = DeTable::parse(text).map_err(|e| {
         let mut err = SpecError::new(
             SpecErrorKind::Syntax,
@@ -70,8 +78,13 @@ pub(super) fn toml_entries(text: &str) -> Result<Vec<Entry>> {
         err.line = e.span().map(|s| line_of(text, s.start));
         err
     })?;
+    Ok(toml_table(text, table.get_ref()))
+}
+
+fn toml_table(text: &str, table: &toml::de::DeTable) -> Vec<Entry> {
+    use toml::de::DeValue;
     let mut entries = Vec::new();
-    for (key, value) in table.get_ref().iter() {
+    for (key, value) in table.iter() {
         let raw = match value.get_ref() {
             DeValue::String(s) => Raw::Str(s.to_string()),
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
@@ -85,7 +98,11 @@ pub(super) fn toml_entries(text: &str) -> Result<Vec<Entry>> {
             DeValue::Boolean(b) => Raw::Bool(*b),
             DeValue::Datetime(d) => Raw::Other("a datetime", d.to_string()),
             DeValue::Array(_) => Raw::Other("an array", "[…]".into()),
-            DeValue::Table(_) => Raw::Other("a table", "{…}".into()),
+            DeValue::Table(t) => {
+                let mut inner = toml_table(text, t);
+                inner.sort_by_key(|e| e.offset);
+                Raw::Table(inner)
+            }
         };
         let offset = key.span().start;
         entries.push(Entry {
@@ -95,7 +112,7 @@ pub(super) fn toml_entries(text: &str) -> Result<Vec<Entry>> {
             line: Some(line_of(text, offset)),
         });
     }
-    Ok(entries)
+    entries
 }
 
 pub(super) fn json_entries(text: &str) -> Result<Vec<Entry>> {
@@ -113,33 +130,48 @@ pub(super) fn json_entries(text: &str) -> Result<Vec<Entry>> {
     let offsets = json_key_offsets(text);
     let mut entries = Vec::new();
     for (key, value) in map {
-        use serde_json::Value as J;
-        let raw = match &value {
-            // A1111 API payloads spell "use the default" as null.
-            J::Null => continue,
-            J::String(s) => Raw::Str(s.clone()),
-            J::Number(n) => match n.as_i64() {
-                Some(i) => Raw::Int(i),
-                None if n.is_u64() => Raw::Other("an integer too large", n.to_string()),
-                None => Raw::Float(n.as_f64().unwrap_or(f64::NAN), n.to_string()),
-            },
-            J::Bool(b) => Raw::Bool(*b),
-            J::Array(_) => Raw::Other("an array", "[…]".into()),
-            J::Object(_) => Raw::Other("an object", "{…}".into()),
-        };
         let offset = offsets
             .iter()
             .rev()
             .find(|(k, _)| *k == key)
             .map(|(_, o)| *o);
+        let line = offset.map(|o| line_of(text, o));
         entries.push(Entry {
-            line: offset.map(|o| line_of(text, o)),
+            line,
             offset: offset.unwrap_or(usize::MAX),
+            value: json_raw(&value, line),
             key,
-            value: raw,
         });
     }
     Ok(entries)
+}
+
+/// Positions are only tracked for top-level keys; nested entries report their parent's line.
+fn json_raw(value: &serde_json::Value, line: Option<usize>) -> Raw {
+    use serde_json::Value as J;
+    match value {
+        // A1111 API payloads spell "use the default" as null.
+        J::Null => Raw::Null,
+        J::String(s) => Raw::Str(s.clone()),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Raw::Int(i),
+            None if n.is_u64() => Raw::Other("an integer too large", n.to_string()),
+            None => Raw::Float(n.as_f64().unwrap_or(f64::NAN), n.to_string()),
+        },
+        J::Bool(b) => Raw::Bool(*b),
+        J::Array(_) => Raw::Other("an array", "[…]".into()),
+        J::Object(map) => Raw::Table(
+            map.iter()
+                .enumerate()
+                .map(|(i, (k, v))| Entry {
+                    key: k.clone(),
+                    value: json_raw(v, line),
+                    offset: i,
+                    line,
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// Byte offsets of the top-level object's keys. serde_json keeps no positions, so the

@@ -295,21 +295,18 @@ fn a1111_options_we_lack_are_named_as_such() {
 }
 
 #[test]
-fn reserved_tables_are_not_supported_yet() {
+fn script_tables_reject_unknown_keys_with_their_line() {
     let err = toml_err("model = \"builtin:tiny-sd\"\n\n[xyz]\nx_type = \"Steps\"\n");
-    assert_eq!(err.kind, SpecErrorKind::Unsupported);
-    assert_says(
-        &err,
-        &["line 3", "`xyz` = {…}", "X/Y/Z plots", "not support yet"],
-    );
-    let err = toml_err("model = \"builtin:tiny-sd\"\n[prompt_matrix]\n");
-    assert_says(&err, &["line 2", "`prompt_matrix`", "prompt matrices"]);
+    assert_eq!(err.kind, SpecErrorKind::UnknownKey);
+    assert_says(&err, &["line 4", "`xyz.x_type`", "not a key of [xyz]", "vary_seeds"]);
+    let err = toml_err("model = \"builtin:tiny-sd\"\n[prompt_matrix]\nseeds = 1\n");
+    assert_says(&err, &["line 3", "`prompt_matrix.seeds`", "different_seeds"]);
     let err = parse_sweep(
-        "{\"model\": \"builtin:tiny-sd\",\n \"xyz\": {}}",
+        "{\"model\": \"builtin:tiny-sd\",\n \"xyz\": [], \"prompt\": \"a\"}",
         SweepFormat::Json,
     )
     .unwrap_err();
-    assert_says(&err, &["line 2", "`xyz` = {…}", "not support yet"]);
+    assert_says(&err, &["line 2", "`xyz`", "expected a table"]);
 }
 
 #[test]

@@ -130,6 +130,7 @@ impl ParsedInfotext {
                 .unwrap_or(1),
             eta,
             sampler_name,
+            ..Default::default()
         }
     }
 
