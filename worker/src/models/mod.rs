@@ -110,6 +110,12 @@ impl ModelResolver {
             .unwrap_or(0);
         let temp = parent.join(format!(".tiny-sd.tmp-{}-{nanos}", std::process::id()));
         let result = write_tiny_model(&temp).and_then(|()| {
+            if missing_files(&target).is_empty() {
+                // Another worker finished first and may already be reading its copy: never
+                // replace a complete model, drop ours instead.
+                let _ = std::fs::remove_dir_all(&temp);
+                return Ok(());
+            }
             if target.exists() {
                 // An incomplete copy from an interrupted older writer: replace it.
                 std::fs::remove_dir_all(&target).map_err(|e| EngineError::io(&target, e))?;
