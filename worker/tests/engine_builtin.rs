@@ -183,10 +183,17 @@ fn cancellation_and_bad_parameters_are_reported() {
         ),
         (
             RenderParams {
-                scheduler: "Karras".into(),
+                scheduler: "Beta".into(),
                 ..params(1)
             },
             "not supported yet",
+        ),
+        (
+            RenderParams {
+                scheduler: "Fancy".into(),
+                ..params(1)
+            },
+            "scheduler",
         ),
         (
             RenderParams {

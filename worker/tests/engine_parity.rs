@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use safetensors::SafeTensors;
 use sdfarm_worker::engine::philox::PhiloxGenerator;
 use sdfarm_worker::engine::pipeline::decoded_to_rgb8;
+use sdfarm_worker::engine::sampler::DdimVariant;
 use sdfarm_worker::engine::torch_rng::TorchGenerator;
 use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
 
@@ -119,11 +120,10 @@ fn run_case(file: &str, case: &str, sampler: Sampler, noise: Noise) {
 
     let cond = pipeline.encode_prompt("a photo of a cat", 0).unwrap();
     let uncond = pipeline.encode_prompt("", 0).unwrap();
+    // diffusers' DDIM evaluates every timestep down to alphas_cumprod[0]; A1111's skips t=1.
     let settings = SampleSettings {
-        sampler,
-        steps: 10,
-        cfg_scale: 7.5,
-        eta: 0.0,
+        ddim: DdimVariant::Diffusers,
+        ..SampleSettings::new(sampler, 10, 7.5)
     };
     let mut step_errors = Vec::new();
     let mut no_noise = || -> Result<Tensor, EngineError> { panic!("{case} draws no noise") };

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use safetensors::SafeTensors;
-use sdfarm_worker::engine::sampler::{sample_euler, sample_euler_ancestral, StepInfo};
+use sdfarm_worker::engine::run_sampler;
+use sdfarm_worker::engine::sampler::{a1111_ddim_timesteps, StepInfo};
 use sdfarm_worker::engine::schedule::DiscreteSchedule;
 use sdfarm_worker::engine::EngineError;
 
@@ -105,71 +106,36 @@ fn tensor(bytes: &[u8], key: &str) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
-
-#[test]
-fn euler_matches_k_diffusion() {
-    let bytes = fixture("sampler_cases.safetensors");
-    let case = "sample_euler.karras_n10";
-    let mu = tensor(&bytes, "mu");
-    let (sigmas, _) = values(&bytes, &format!("{case}.sigmas"));
-    let x = tensor(&bytes, &format!("{case}.x_init"));
-    let mut states = Vec::new();
-    let final_x = sample_euler(
-        &mut analytic_denoiser(&mu),
-        x,
-        &sigmas,
-        &mut |info: StepInfo<'_>| {
-            states.push(flat(info.latents));
-            Ok(true)
-        },
-    )
-    .unwrap();
-    assert_eq!(states.len(), 10);
-    let (expected, _) = values(&bytes, &format!("{case}.final"));
-    let err = max_abs_diff(&flat(&final_x), &expected);
-    println!("{case}: final max abs error {err:.3e}");
-    assert!(err < 1e-6, "{case}: {err}");
-}
-
-#[test]
-fn euler_ancestral_matches_k_diffusion() {
-    let bytes = fixture("sampler_cases.safetensors");
-    let case = "sample_euler_ancestral.karras_n10";
-    let mu = tensor(&bytes, "mu");
-    let (sigmas, _) = values(&bytes, &format!("{case}.sigmas"));
-    let x = tensor(&bytes, &format!("{case}.x_init"));
-    let mut draw = 0;
-    let mut noise = || -> Result<Tensor, EngineError> {
-        let t = tensor(&bytes, &format!("{case}.noise_{draw:02}"));
-        draw += 1;
-        Ok(t)
-    };
-    let final_x = sample_euler_ancestral(
-        &mut analytic_denoiser(&mu),
-        x,
-        &sigmas,
-        1.0,
-        &mut noise,
-        &mut |_| Ok(true),
-    )
-    .unwrap();
-    let (expected, _) = values(&bytes, &format!("{case}.final"));
-    let err = max_abs_diff(&flat(&final_x), &expected);
-    println!("{case}: final max abs error {err:.3e}");
-    assert!(err < 1e-6, "{case}: {err}");
-}
-
 #[test]
 fn cancelling_stops_the_loop() {
     let bytes = fixture("sampler_cases.safetensors");
     let mu = tensor(&bytes, "mu");
     let (sigmas, _) = values(&bytes, "sample_euler.karras_n10.sigmas");
     let x = tensor(&bytes, "sample_euler.karras_n10.x_init");
-    let result = sample_euler(&mut analytic_denoiser(&mu), x, &sigmas, &mut |info| {
-        Ok(info.step < 3)
-    });
+    let mut steps = 0;
+    let result = run_sampler(
+        "Euler",
+        &mut analytic_denoiser(&mu),
+        x,
+        &sigmas,
+        None,
+        &mut || panic!("Euler without churn draws no noise"),
+        &mut |info: StepInfo<'_>| {
+            steps = info.step;
+            Ok(info.step < 3)
+        },
+    );
     assert!(matches!(result, Err(EngineError::Cancelled)));
+    assert_eq!(steps, 3);
+}
+
+#[test]
+fn a1111_ddim_timestep_counts() {
+    assert_eq!(
+        a1111_ddim_timesteps(1000, 10),
+        vec![1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    );
+    // 1000 // 7 = 142 leaves a remainder: 8 timesteps, 7 evaluations.
+    assert_eq!(a1111_ddim_timesteps(1000, 7).len(), 8);
+    assert_eq!(*a1111_ddim_timesteps(1000, 7).last().unwrap(), 995);
 }

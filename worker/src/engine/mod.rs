@@ -10,11 +10,13 @@
 
 pub mod config;
 mod error;
+pub mod kdiffusion;
 pub mod noise;
 pub mod philox;
 pub mod pipeline;
 pub mod sampler;
 pub mod schedule;
+pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod torch_rng;
@@ -30,15 +32,13 @@ use sdfarm_proto::RenderParams;
 
 pub use error::EngineError;
 pub use pipeline::{Pipeline, SampleSettings, StepTrace};
-pub use sampler::{Sampler, SAMPLER_NAMES};
+pub use sampler::{run_sampler, Sampler, SamplerOptions, SAMPLER_NAMES};
+pub use scheduler::{ScheduleOverrides, ScheduleType};
 
 use crate::models::{ModelResolver, ResolvedModel};
 
 /// How many pipelines stay loaded at once; the least recently used one is dropped beyond this.
 const MAX_LOADED: usize = 2;
-
-/// Schedule types accepted in `RenderParams.scheduler`.
-pub const SCHEDULER_NAMES: &[&str] = &["Automatic"];
 
 /// One rendered image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,8 +135,13 @@ impl Engine {
         params: &RenderParams,
         on_step: &mut dyn FnMut(u32, u32) -> bool,
     ) -> Result<RenderedImage, EngineError> {
-        let sampler = Sampler::from_name(&params.sampler_name)?;
-        check_scheduler(&params.scheduler)?;
+        let (sampler, legacy_schedule) = Sampler::resolve(&params.sampler_name)?;
+        let requested_schedule = ScheduleType::from_request(&params.scheduler)?;
+        // A legacy name ("DPM++ 2M Karras") names the schedule type unless one is given.
+        let schedule_type = match (requested_schedule, legacy_schedule) {
+            (ScheduleType::Automatic, Some(legacy)) => ScheduleType::from_request(legacy.label())?,
+            (requested, _) => requested,
+        };
         if params.steps == 0 {
             return Err(EngineError::param("steps", params.steps, "at least 1"));
         }
@@ -183,10 +188,21 @@ impl Engine {
         let cond = pipeline.encode_prompt(&params.prompt, clip_skip)?;
         let uncond = pipeline.encode_prompt(&params.negative_prompt, clip_skip)?;
         let settings = SampleSettings {
-            sampler,
-            steps: params.steps as usize,
-            cfg_scale: params.cfg_scale,
-            eta: sampler.effective_eta(params.eta),
+            schedule_type,
+            options: SamplerOptions::from_request(
+                sampler,
+                params.eta,
+                params.s_churn,
+                params.s_tmin,
+                params.s_tmax,
+                params.s_noise,
+            ),
+            overrides: ScheduleOverrides {
+                sigma_min: params.sigma_min,
+                sigma_max: params.sigma_max,
+                rho: params.rho,
+            },
+            ..SampleSettings::new(sampler, params.steps as usize, params.cfg_scale)
         };
         let mut fresh_noise = || -> Result<Tensor, EngineError> {
             Ok(Tensor::from_vec(
@@ -214,24 +230,5 @@ impl Engine {
             model_loaded: load_time.is_some(),
             model_load_ms: load_time.map_or(0, |d| d.as_millis() as u64),
         })
-    }
-}
-
-/// Accepts A1111's "Automatic" schedule type (or none); the others come later.
-fn check_scheduler(name: &str) -> Result<(), EngineError> {
-    match name.trim() {
-        "" | "Automatic" | "automatic" => Ok(()),
-        "Uniform" | "Karras" | "Exponential" | "Polyexponential" | "SGM Uniform" | "KL Optimal"
-        | "Align Your Steps" | "Simple" | "Normal" | "DDIM" | "Beta" | "uniform" | "karras"
-        | "exponential" | "polyexponential" | "sgm_uniform" | "kl_optimal" | "align_your_steps"
-        | "simple" | "normal" | "ddim" | "beta" => Err(EngineError::Unsupported {
-            what: format!("scheduler {:?}", name.trim()),
-            hint: format!("accepted for now: {}", SCHEDULER_NAMES.join(", ")),
-        }),
-        other => Err(EngineError::param(
-            "scheduler",
-            format!("{other:?}"),
-            format!("one of {}", SCHEDULER_NAMES.join(", ")),
-        )),
     }
 }

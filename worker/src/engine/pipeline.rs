@@ -13,8 +13,10 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use super::config::{self, VaeSettings};
-use super::sampler::{self, NoiseFn, Sampler, StepInfo};
+use super::kdiffusion;
+use super::sampler::{self, DdimVariant, NoiseFn, Sampler, SamplerOptions, StepInfo};
 use super::schedule::DiscreteSchedule;
+use super::scheduler::{self, ScheduleOverrides, ScheduleType};
 use super::text_encoder::TextEncoder;
 use super::tokenizer::PromptTokenizer;
 use super::unet::UNet;
@@ -37,10 +39,40 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 pub struct SampleSettings {
     pub sampler: Sampler,
+    pub schedule_type: ScheduleType,
     pub steps: usize,
     pub cfg_scale: f32,
-    /// Already resolved with [`Sampler::effective_eta`].
-    pub eta: f32,
+    /// Eta, churn and noise scale, already resolved with A1111's defaults.
+    pub options: SamplerOptions,
+    pub overrides: ScheduleOverrides,
+    /// Which DDIM loop [`Sampler::Ddim`] runs: A1111's by default, diffusers' for parity.
+    pub ddim: DdimVariant,
+}
+
+impl SampleSettings {
+    /// A1111's defaults for everything but the sampler, step count and guidance scale.
+    pub fn new(sampler: Sampler, steps: usize, cfg_scale: f32) -> Self {
+        SampleSettings {
+            sampler,
+            schedule_type: ScheduleType::Automatic,
+            steps,
+            cfg_scale,
+            options: SamplerOptions::defaults_for(sampler),
+            overrides: ScheduleOverrides::default(),
+            ddim: DdimVariant::A1111,
+        }
+    }
+
+    /// The sigmas a sigma-based sampler runs over (A1111's `get_sigmas`).
+    pub fn sigmas(&self, schedule: &DiscreteSchedule) -> Result<Vec<f32>, EngineError> {
+        scheduler::sampler_sigmas(
+            self.sampler,
+            self.schedule_type,
+            self.steps,
+            schedule,
+            &self.overrides,
+        )
+    }
 }
 
 /// One finished sampler step as the pipeline saw it.
@@ -272,32 +304,27 @@ impl Pipeline {
             }))
         };
 
-        match settings.sampler {
-            Sampler::Euler | Sampler::EulerAncestral => {
-                let sigmas = self.schedule.automatic_sigmas(settings.steps);
+        match settings.sampler.algorithm() {
+            Some(algorithm) => {
+                let sigmas = settings.sigmas(&self.schedule)?;
                 let x = noise.affine(sigmas[0] as f64, 0.0)?;
-                // CompVisDenoiser: D(x, s) = x - s * eps(x * c_in, t(s)), c_in = 1/sqrt(s^2+1).
-                let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor, EngineError> {
-                    let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
-                    let t = self.schedule.sigma_to_t(sigma) as f64;
-                    let eps = guided_eps(&x.affine(c_in as f64, 0.0)?, t)?;
-                    Ok((x + eps.affine(-sigma as f64, 0.0)?)?)
-                };
-                if settings.sampler == Sampler::Euler {
-                    sampler::sample_euler(&mut denoise, x, &sigmas, &mut on_step)
-                } else {
-                    sampler::sample_euler_ancestral(
-                        &mut denoise,
-                        x,
-                        &sigmas,
-                        settings.eta,
-                        fresh_noise,
-                        &mut on_step,
-                    )
-                }
+                self.run_kdiffusion(
+                    algorithm,
+                    settings,
+                    &sigmas,
+                    x,
+                    &guided_eps,
+                    fresh_noise,
+                    &mut on_step,
+                )
             }
-            Sampler::Ddim => {
-                let timesteps = self.schedule.ddim_timesteps(settings.steps);
+            None => {
+                let timesteps = match settings.ddim {
+                    DdimVariant::Diffusers => self.schedule.ddim_timesteps(settings.steps),
+                    DdimVariant::A1111 => {
+                        sampler::a1111_ddim_timesteps(self.schedule.len(), settings.steps)
+                    }
+                };
                 let mut eps_model = |x: &Tensor, t: usize| -> Result<Tensor, EngineError> {
                     guided_eps(x, t as f64)
                 };
@@ -306,12 +333,44 @@ impl Pipeline {
                     noise.clone(),
                     &self.schedule,
                     &timesteps,
-                    settings.eta,
+                    settings.ddim,
+                    settings.options.eta,
                     fresh_noise,
                     &mut on_step,
                 )
             }
         }
+    }
+
+    /// A k-diffusion sampler over the model wrapped as k-diffusion's `CompVisDenoiser`:
+    /// `D(x, s) = x - s * eps(x * c_in, t(s))` with `c_in = 1 / sqrt(s^2 + 1)`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_kdiffusion(
+        &self,
+        algorithm: kdiffusion::Algorithm,
+        settings: &SampleSettings,
+        sigmas: &[f32],
+        x: Tensor,
+        guided_eps: &dyn Fn(&Tensor, f64) -> Result<Tensor, EngineError>,
+        fresh_noise: &mut NoiseFn<'_>,
+        on_step: &mut sampler::StepFn<'_>,
+    ) -> Result<Tensor, EngineError> {
+        let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor, EngineError> {
+            let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
+            let t = self.schedule.sigma_to_t(sigma) as f64;
+            let eps = guided_eps(&x.affine(c_in as f64, 0.0)?, t)?;
+            Ok((x + eps.affine(-sigma as f64, 0.0)?)?)
+        };
+        let options = settings.options.kdiffusion(settings.sampler);
+        kdiffusion::sample(
+            algorithm,
+            &mut denoise,
+            x,
+            sigmas,
+            &options,
+            fresh_noise,
+            on_step,
+        )
     }
 
     /// VAE decode of final latents: `vae.decode(latents / scaling_factor)`, unclamped `[1,3,H,W]`.
