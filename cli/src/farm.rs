@@ -21,7 +21,7 @@ pub struct CoordinatorArgs {
     /// gRPC listen address (workers and clients).
     #[arg(long, env = "SDFARM_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: String,
-    /// HTTP listen address for /healthz and /readyz; empty to disable.
+    /// HTTP listen address for /healthz, /readyz, /metrics and /scaling; empty to disable.
     #[arg(long, env = "SDFARM_HTTP", default_value = "127.0.0.1:7071")]
     pub http: String,
     /// Object store for images, announced to workers: file:///srv/out, s3://bucket/prefix, ...
@@ -39,6 +39,13 @@ pub struct CoordinatorArgs {
     /// Largest sweep accepted, in images.
     #[arg(long, env = "SDFARM_MAX_IMAGES", default_value_t = 10_000_000)]
     pub max_images: u64,
+    /// Worker pool of sweeps that name no `pool`.
+    #[arg(long, env = "SDFARM_DEFAULT_POOL", default_value = "default")]
+    pub default_pool: String,
+    /// Tasks one worker keeps busy with, for the scaling signal (a scaler may pass its own
+    /// per-pool `?target=`).
+    #[arg(long, env = "SDFARM_TASKS_PER_WORKER", default_value_t = 1)]
+    pub tasks_per_worker: u32,
 }
 
 pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -58,6 +65,22 @@ pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> 
             ..RetryPolicy::default()
         },
         max_images: args.max_images,
+        default_pool: {
+            anyhow::ensure!(
+                sdfarm_coordinator::spec::is_pool_name(&args.default_pool),
+                "--default-pool {:?} is not a pool name ({})",
+                args.default_pool,
+                sdfarm_coordinator::spec::POOL_NAME_RULE
+            );
+            args.default_pool.clone()
+        },
+        tasks_per_worker: {
+            anyhow::ensure!(
+                args.tasks_per_worker >= 1,
+                "--tasks-per-worker must be 1 or more"
+            );
+            args.tasks_per_worker
+        },
         ..CoordinatorConfig::default()
     })
 }
@@ -102,9 +125,39 @@ pub struct WorkerArgs {
     /// Object store URL to use instead of the one the coordinator announces.
     #[arg(long, env = "SDFARM_WORKER_STORE")]
     pub store: Option<String>,
+    /// Worker pool (GPU class, e.g. a100): only this pool's tasks are leased.
+    #[arg(long, env = "SDFARM_POOL", default_value = "default")]
+    pub pool: String,
+    /// Labels shown in the coordinator's logs, as key=value (repeat, or comma-separate in
+    /// SDFARM_LABELS).
+    #[arg(long = "label", env = "SDFARM_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+}
+
+/// `key=value` labels into a map; a malformed one is an error naming it.
+pub fn parse_labels(
+    labels: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    labels
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => anyhow::bail!("--label {l:?} must be key=value"),
+        })
+        .collect()
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        sdfarm_coordinator::spec::is_pool_name(&args.pool),
+        "--pool {:?} is not a pool name ({})",
+        args.pool,
+        sdfarm_coordinator::spec::POOL_NAME_RULE
+    );
+    let labels = parse_labels(&args.labels)?;
     let name = args.name.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
@@ -118,6 +171,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache.unwrap_or_else(crate::default_cache_dir),
         lease_wait: Duration::from_secs(20),
         store_url: args.store,
+        pool: args.pool,
+        labels,
     };
     sdfarm_worker::run(config, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -71,6 +71,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cache_dir: args.cache.unwrap_or_else(crate::default_cache_dir),
             lease_wait: Duration::from_secs(5),
             store_url: None,
+            pool: String::new(),
+            labels: Default::default(),
         },
         async {
             let _ = worker_stopped.await;

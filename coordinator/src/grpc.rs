@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::events::Event;
+use crate::metrics::Completion;
 use crate::service::Coordinator;
 use crate::store::{JobRecord, JobState, TaskOutput, TaskRecord, TaskState};
 
@@ -231,7 +232,10 @@ impl WorkerService for GrpcApi {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
-        let worker_id = self.inner.register(r.protocol_version, &r.worker_name)?;
+        let labels = r.labels.into_iter().collect();
+        let worker_id = self
+            .inner
+            .register(r.protocol_version, &r.worker_name, &r.pool, labels)?;
         Ok(Response::new(pb::RegisterResponse {
             worker_id,
             lease_ms: self.inner.config.lease.as_millis() as u32,
@@ -249,6 +253,7 @@ impl WorkerService for GrpcApi {
             .lease(
                 r.protocol_version,
                 &r.worker_id,
+                &r.pool,
                 r.max_tasks,
                 Duration::from_millis(r.wait_ms as u64),
             )
@@ -296,6 +301,12 @@ impl WorkerService for GrpcApi {
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         let r = req.into_inner();
+        let report = Completion {
+            steps: r.steps,
+            render_ms: r.render_ms,
+            model: r.model,
+            model_load_ms: r.model_loaded.then_some(r.model_load_ms),
+        };
         self.inner
             .complete(
                 &r.worker_id,
@@ -305,6 +316,7 @@ impl WorkerService for GrpcApi {
                     infotext: r.infotext,
                     render_ms: r.render_ms,
                 },
+                report,
             )
             .await?;
         Ok(Response::new(pb::CompleteResponse {}))
@@ -317,7 +329,13 @@ impl WorkerService for GrpcApi {
         let r = req.into_inner();
         let state = self
             .inner
-            .fail(&r.worker_id, r.task_id, &r.reason, r.retryable)
+            .fail(
+                &r.worker_id,
+                r.task_id,
+                &r.reason,
+                &r.reason_code,
+                r.retryable,
+            )
             .await?;
         Ok(Response::new(pb::FailResponse {
             state: task_state_to_proto(state) as i32,

@@ -10,14 +10,19 @@ pub mod events;
 pub mod expand;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
+pub mod scaling;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use sdfarm_proto::v1::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use sdfarm_proto::v1::{
+    job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -25,8 +30,8 @@ pub use clock::{Clock, SystemClock};
 pub use error::{Error, Result};
 pub use service::{Coordinator, CoordinatorConfig};
 
-/// Serves gRPC on `grpc` (and the HTTP health endpoints on `http`, if given) and runs the
-/// rescuer, until `shutdown` resolves.
+/// Serves gRPC on `grpc` (and HTTP — health, metrics, scaling signal — on `http`, if given)
+/// and runs the rescuer, until `shutdown` resolves.
 pub async fn run(
     grpc: TcpListener,
     http: Option<TcpListener>,

@@ -2,8 +2,8 @@
 //! recording results, and rescuing expired leases. The gRPC layer only converts to and from
 //! this module.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sdfarm_proto::v1::TaskProgress;
@@ -14,10 +14,14 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
 use crate::expand;
+use crate::metrics::{Completion, Metrics};
+use crate::scaling::{self, PoolSignal};
 use crate::spec::{self, SweepFormat};
 use crate::store::{
-    JobRecord, NewJob, NewTask, RetryPolicy, Store, TaskOutput, TaskRecord, TaskState,
+    JobRecord, NewJob, NewTask, RetryPolicy, Store, TaskOutput, TaskRecord, TaskState, DEFAULT_POOL,
 };
+pub use crate::workers::WorkerInfo;
+use crate::workers::Workers;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -32,6 +36,11 @@ pub struct CoordinatorConfig {
     pub max_images: u64,
     /// Upper bound on a worker's long-poll, whatever it asks for.
     pub max_lease_wait: Duration,
+    /// Pool of sweeps that name none.
+    pub default_pool: String,
+    /// Tasks one worker is expected to keep busy with, for the scaling signal; a scaler may
+    /// ask with its own per-pool target instead.
+    pub tasks_per_worker: u32,
 }
 
 impl Default for CoordinatorConfig {
@@ -43,15 +52,10 @@ impl Default for CoordinatorConfig {
             retry: RetryPolicy::default(),
             max_images: 10_000_000,
             max_lease_wait: Duration::from_secs(30),
+            default_pool: DEFAULT_POOL.into(),
+            tasks_per_worker: 1,
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct WorkerInfo {
-    pub name: String,
-    pub registered_at: i64,
-    pub last_seen: i64,
 }
 
 pub struct Coordinator {
@@ -61,7 +65,8 @@ pub struct Coordinator {
     pub(crate) events: Events,
     /// Wakes long-polling leases when work may have appeared (submit, retry, rescue).
     work_ready: Notify,
-    workers: Mutex<HashMap<String, WorkerInfo>>,
+    workers: Workers,
+    metrics: Metrics,
 }
 
 /// How often a waiting lease re-checks the store even without a wake-up: work can appear
@@ -76,7 +81,8 @@ impl Coordinator {
             clock,
             events: Events::default(),
             work_ready: Notify::new(),
-            workers: Mutex::new(HashMap::new()),
+            workers: Workers::default(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -86,6 +92,37 @@ impl Coordinator {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    pub fn worker(&self, worker_id: &str) -> Option<WorkerInfo> {
+        self.workers.get(worker_id)
+    }
+
+    /// Scaling signals of every pool with unfinished tasks and of `pools`; `target` overrides
+    /// the configured tasks per worker.
+    pub async fn scaling(
+        &self,
+        pools: &[&str],
+        target: Option<u32>,
+    ) -> Result<BTreeMap<String, PoolSignal>> {
+        let counts = self.store.queue_counts().await?;
+        let target = target.unwrap_or(self.config.tasks_per_worker);
+        Ok(scaling::signals(&counts, pools.iter().copied(), |_| target))
+    }
+
+    /// The `/metrics` exposition.
+    pub async fn render_metrics(&self) -> Result<String> {
+        let counts = self.store.queue_counts().await?;
+        let target = self.config.tasks_per_worker;
+        let signals = scaling::signals(&counts, [], |_| target);
+        // A long-polling worker is silent for up to the long-poll, then a lease or two.
+        let lost_after = (self.config.max_lease_wait + 2 * self.config.lease).as_millis() as i64;
+        let workers = self.workers.counts(self.clock.now_ms(), lost_after);
+        Ok(self.metrics.render(&counts, &signals, &workers))
     }
 
     fn lease_ms(&self) -> i64 {
@@ -118,6 +155,10 @@ impl Coordinator {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| name.to_string());
+        let pool = spec
+            .pool
+            .clone()
+            .unwrap_or_else(|| self.config.default_pool.clone());
         let tasks: Vec<NewTask> = expand::expand(&spec, seed)
             .map(|img| NewTask {
                 output_key: expand::output_key(&id, img.image_index, img.params.seed),
@@ -132,11 +173,13 @@ impl Coordinator {
             output_prefix: id.clone(),
             max_attempts: spec.max_attempts,
             priority: spec.priority,
+            pool,
         };
         self.store
             .create_job(&job, &tasks, self.clock.now_ms())
             .await?;
-        tracing::info!(job_id = %id, images = tasks.len(), "job submitted");
+        self.metrics.submitted(&job.pool, tasks.len());
+        tracing::info!(job_id = %id, images = tasks.len(), pool = %job.pool, "job submitted");
         self.work_ready.notify_waiters();
         self.events.publish(Event::JobChanged(Some(id.clone())));
         Ok(self.store.get_job(&id).await?)
@@ -160,40 +203,43 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Registers a worker and gives it a unique id for its leases.
-    pub fn register(&self, protocol_version: u32, name: &str) -> Result<String> {
+    /// Registers a worker of `pool` (empty: the default pool) and gives it a unique id for
+    /// its leases.
+    pub fn register(
+        &self,
+        protocol_version: u32,
+        name: &str,
+        pool: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
         Self::check_protocol(protocol_version)?;
+        let pool = worker_pool(pool)?;
         let name = if name.is_empty() { "worker" } else { name };
         let id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let now = self.clock.now_ms();
-        self.workers.lock().unwrap().insert(
-            id.clone(),
-            WorkerInfo {
-                name: name.to_string(),
-                registered_at: now,
-                last_seen: now,
-            },
-        );
-        tracing::info!(worker = %id, "worker registered");
+        tracing::info!(worker = %id, pool, ?labels, "worker registered");
+        self.workers
+            .register(&id, name, pool, labels, self.clock.now_ms());
         Ok(id)
     }
 
     fn touch_worker(&self, worker_id: &str) {
-        if let Some(w) = self.workers.lock().unwrap().get_mut(worker_id) {
-            w.last_seen = self.clock.now_ms();
-        }
+        self.workers.seen(worker_id, None, self.clock.now_ms());
     }
 
-    /// Leases up to `max` tasks, waiting up to `wait` for work to appear.
+    /// Leases up to `max` tasks of `pool` (empty: the default pool), waiting up to `wait`
+    /// for work to appear.
     pub async fn lease(
         &self,
         protocol_version: u32,
         worker_id: &str,
+        pool: &str,
         max: u32,
         wait: Duration,
     ) -> Result<Vec<TaskRecord>> {
         Self::check_protocol(protocol_version)?;
-        self.touch_worker(worker_id);
+        let pool = worker_pool(pool)?;
+        self.workers
+            .seen(worker_id, Some(pool), self.clock.now_ms());
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_lease_wait);
         loop {
             // Register interest before claiming so a submit between the claim and the wait
@@ -201,10 +247,19 @@ impl Coordinator {
             let notified = self.work_ready.notified();
             let tasks = self
                 .store
-                .claim(worker_id, max.max(1), self.lease_ms(), self.clock.now_ms())
+                .claim(
+                    worker_id,
+                    pool,
+                    max.max(1),
+                    self.lease_ms(),
+                    self.clock.now_ms(),
+                )
                 .await?;
             if !tasks.is_empty() {
+                self.workers.leased(worker_id, tasks.len() as u32);
+                let now = self.clock.now_ms();
                 for t in &tasks {
+                    self.metrics.leased(pool, now - t.scheduled_at);
                     tracing::info!(task_id = t.id, job_id = %t.job_id, worker = worker_id, attempt = t.attempt, "task leased");
                     self.events
                         .publish(Event::JobChanged(Some(t.job_id.clone())));
@@ -234,6 +289,8 @@ impl Coordinator {
             .store
             .heartbeat(worker_id, task_ids, self.lease_ms(), now)
             .await?;
+        self.workers
+            .holding(worker_id, (task_ids.len() - lost.len()) as u32);
         Ok((lost, now + self.lease_ms()))
     }
 
@@ -243,11 +300,21 @@ impl Coordinator {
         }
     }
 
-    pub async fn complete(&self, worker_id: &str, task_id: i64, output: TaskOutput) -> Result<()> {
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        task_id: i64,
+        output: TaskOutput,
+        report: Completion,
+    ) -> Result<()> {
         self.touch_worker(worker_id);
         self.store
             .complete(task_id, worker_id, &output, self.clock.now_ms())
             .await?;
+        self.workers.released(worker_id);
+        let pool = self.workers.pool_of(worker_id);
+        self.metrics
+            .completed(pool.as_deref().unwrap_or("unknown"), &report);
         tracing::info!(task_id, worker = worker_id, "task completed");
         self.events.publish(Event::JobChanged(None));
         Ok(())
@@ -258,6 +325,7 @@ impl Coordinator {
         worker_id: &str,
         task_id: i64,
         reason: &str,
+        reason_code: &str,
         retryable: bool,
     ) -> Result<TaskState> {
         self.touch_worker(worker_id);
@@ -272,7 +340,16 @@ impl Coordinator {
                 self.clock.now_ms(),
             )
             .await?;
-        tracing::warn!(task_id, worker = worker_id, retryable, state = state.as_str(), reason, "task failed");
+        self.workers.released(worker_id);
+        self.metrics.failed(reason_code, state);
+        tracing::warn!(
+            task_id,
+            worker = worker_id,
+            retryable,
+            state = state.as_str(),
+            reason,
+            "task failed"
+        );
         self.events.publish(Event::JobChanged(None));
         if state == TaskState::Retryable {
             self.work_ready.notify_waiters();
@@ -287,6 +364,8 @@ impl Coordinator {
             .rescue_expired(&self.config.retry, self.clock.now_ms())
             .await?;
         if !report.retried.is_empty() || !report.discarded.is_empty() {
+            self.metrics
+                .rescued(report.retried.len(), report.discarded.len());
             tracing::warn!(
                 retried = ?report.retried,
                 discarded = ?report.discarded,
@@ -309,4 +388,19 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// A worker's pool as it declared it: empty means the default pool; anything else must be a
+/// valid pool name (it becomes a Kubernetes name and a URL path segment).
+fn worker_pool(pool: &str) -> Result<&str> {
+    if pool.is_empty() {
+        return Ok(DEFAULT_POOL);
+    }
+    if !spec::is_pool_name(pool) {
+        return Err(Error::InvalidArgument(format!(
+            "worker pool {pool:?} is not a valid pool name ({})",
+            spec::POOL_NAME_RULE
+        )));
+    }
+    Ok(pool)
 }

@@ -43,7 +43,7 @@ pub const BUILTIN_MODELS: &[&str] = &["builtin:tiny-sd"];
 pub const KNOWN_KEYS: &[&str] = &[
     "prompt", "negative_prompt", "seed", "steps", "sampler_name", "scheduler", "cfg_scale",
     "width", "height", "batch_size", "n_iter", "model", "rng", "subseed", "subseed_strength",
-    "clip_skip", "eta", "name", "priority", "max_attempts",
+    "clip_skip", "eta", "name", "priority", "max_attempts", "pool",
     "xyz", "prompt_matrix",
 ];
 
@@ -113,6 +113,21 @@ pub struct SweepSpec {
     pub eta_explicit: bool,
     pub xyz: Option<XyzSpec>,
     pub prompt_matrix: Option<PromptMatrixSpec>,
+    /// Worker pool to render on; `None` means the coordinator's default pool.
+    pub pool: Option<String>,
+}
+
+/// What a pool name may be: it names Kubernetes objects and a URL path segment.
+pub const POOL_NAME_RULE: &str =
+    "1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit";
+
+pub fn is_pool_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| inner(c) || *c == b'-')
+        && inner(&b[0])
+        && inner(&b[b.len() - 1])
 }
 
 impl SweepSpec {
@@ -441,7 +456,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
     };
     let (mut batch_size, mut n_iter, mut priority, mut max_attempts) =
         (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
-    let (mut name, mut model, mut eta) = (None, None, None);
+    let (mut name, mut model, mut eta, mut pool) = (None, None, None, None);
     let (mut xyz_entry, mut matrix_entry) = (None, None);
     let find = |key: &str| entries.iter().find(|e| e.key == key);
 
@@ -488,6 +503,19 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
             "name" => name = Some(string(e, "any text")?),
             "priority" => priority = int_in(e, i64::from(i32::MIN)..=i64::from(i32::MAX))? as i32,
             "max_attempts" => max_attempts = int_in(e, MAX_ATTEMPTS_RANGE)? as u32,
+            "pool" => {
+                let p = string(e, POOL_NAME_RULE)?;
+                if !is_pool_name(&p) {
+                    let problem = "is not a valid worker pool name";
+                    return Err(SpecError::at(
+                        SpecErrorKind::InvalidValue,
+                        e,
+                        problem,
+                        POOL_NAME_RULE,
+                    ));
+                }
+                pool = Some(p);
+            }
             "xyz" => xyz_entry = Some(e),
             "prompt_matrix" => matrix_entry = Some(e),
             key => return Err(not_a_sweep_key(e, key)),
@@ -635,6 +663,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         eta_explicit,
         xyz,
         prompt_matrix,
+        pool,
     })
 }
 

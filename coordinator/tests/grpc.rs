@@ -51,6 +51,7 @@ async fn register(h: &mut Harness, name: &str) -> String {
             protocol_version: PROTOCOL_VERSION,
             worker_name: name.into(),
             max_batch: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -66,6 +67,7 @@ async fn lease(h: &mut Harness, worker: &str, wait_ms: u32) -> Vec<pb::LeasedTas
             max_tasks: 10,
             wait_ms,
             loaded_models: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -93,6 +95,7 @@ async fn a_worker_of_another_protocol_version_is_refused() {
             protocol_version: PROTOCOL_VERSION + 1,
             worker_name: "old".into(),
             max_batch: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -177,6 +180,7 @@ async fn a_waiting_lease_returns_work_submitted_meanwhile() {
                 max_tasks: 10,
                 wait_ms: 20_000,
                 loaded_models: vec![],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -216,6 +220,7 @@ async fn completion_from_a_worker_without_the_lease_is_aborted() {
         sha256: "00".repeat(32),
         infotext: "p\nSteps: 20".into(),
         render_ms: 1,
+        ..Default::default()
     };
     let err = h
         .workers
@@ -250,6 +255,7 @@ async fn cancel_drops_waiting_work_and_tells_the_worker_through_its_heartbeat() 
             max_tasks: 1,
             wait_ms: 1000,
             loaded_models: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -324,6 +330,7 @@ async fn watch_streams_counts_until_the_job_finishes() {
                 sha256: "ab".repeat(32),
                 infotext: "p".into(),
                 render_ms: 1,
+                ..Default::default()
             })
             .await
             .unwrap();

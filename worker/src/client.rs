@@ -1,6 +1,7 @@
 //! The worker's gRPC loop: register, lease (long-poll), heartbeat while rendering, report
 //! progress, upload the PNG, then complete or fail the task.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,10 @@ pub struct WorkerConfig {
     /// Overrides the object store the coordinator announces (for workers that see it under
     /// another URL).
     pub store_url: Option<String>,
+    /// Worker pool (GPU class); only this pool's tasks are leased. Empty: "default".
+    pub pool: String,
+    /// Free-form facts shown in the coordinator's logs (GPU model, node, zone).
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,16 +70,19 @@ pub async fn run(
             protocol_version: PROTOCOL_VERSION,
             worker_name: config.name.clone(),
             max_batch: 1,
+            pool: config.pool.clone(),
+            labels: config.labels.clone().into_iter().collect(),
         })
         .await?
         .into_inner();
     let store_url = config.store_url.clone().unwrap_or(reg.store_url);
     let store = OutputStore::open(&store_url)?;
     let engine = Arc::new(Engine::new(ModelResolver::new(config.cache_dir.clone())));
-    tracing::info!(worker = %reg.worker_id, store = %store_url, "worker registered");
+    tracing::info!(worker = %reg.worker_id, pool = %config.pool, store = %store_url, "worker registered");
     let worker = Worker {
         client,
         id: reg.worker_id,
+        pool: config.pool.clone(),
         lease: Duration::from_millis(reg.lease_ms.max(300) as u64),
         store,
         engine,
@@ -111,6 +119,7 @@ async fn connect(
 struct Worker {
     client: WorkerServiceClient<Channel>,
     id: String,
+    pool: String,
     lease: Duration,
     store: OutputStore,
     engine: Arc<Engine>,
@@ -132,6 +141,7 @@ impl Worker {
                 max_tasks: 1,
                 wait_ms: lease_wait.as_millis() as u32,
                 loaded_models: self.engine.loaded_models(),
+                pool: self.pool.clone(),
             };
             let mut client = self.client.clone();
             let leased = tokio::select! {
@@ -201,16 +211,21 @@ impl Worker {
                 tracing::info!("render stopped: lease lost or job cancelled");
                 Ok(())
             }
-            Ok(Err(err)) => Err((err.to_string(), err.retryable())),
-            Err(join) => Err((format!("render crashed: {join}"), true)),
+            Ok(Err(err)) => Err(Failure::new("render", err.to_string(), err.retryable())),
+            Err(join) => Err(Failure::new(
+                "crash",
+                format!("render crashed: {join}"),
+                true,
+            )),
         };
         heartbeat.abort();
-        if let Err((reason, retryable)) = outcome {
+        if let Err(failure) = outcome {
             let req = pb::FailRequest {
                 worker_id: self.id.clone(),
                 task_id: task.task_id,
-                reason,
-                retryable,
+                reason: failure.reason,
+                retryable: failure.retryable,
+                reason_code: failure.code.into(),
             };
             if let Err(status) = self.client.fail(req).await {
                 tracing::warn!(error = %status, "could not report failure; the lease will expire");
@@ -218,18 +233,17 @@ impl Worker {
         }
     }
 
-    /// Encodes, uploads and completes. An error is the reason to report and whether another
-    /// attempt may succeed.
+    /// Encodes, uploads and completes. An error says what to report.
     async fn deliver(
         &mut self,
         task: &pb::LeasedTask,
         params: &sdfarm_proto::RenderParams,
         image: crate::engine::RenderedImage,
         started: Instant,
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<(), Failure> {
         let infotext = output::infotext(params, &image.model_name, &image.model_hash);
         let png = output::encode_png(&image.rgb, image.width, image.height, &infotext)
-            .map_err(|e| (format!("PNG encoding failed: {e}"), false))?;
+            .map_err(|e| Failure::new("encode", format!("PNG encoding failed: {e}"), false))?;
         let sha256 = output::sha256_hex(&png);
         let mut attempt = 0;
         loop {
@@ -240,7 +254,13 @@ impl Worker {
                     tracing::warn!(error = %err, attempt, "upload failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                Err(err) => return Err((format!("upload to {} failed: {err}", self.store.url()), true)),
+                Err(err) => {
+                    return Err(Failure::new(
+                        "upload",
+                        format!("upload to {} failed: {err}", self.store.url()),
+                        true,
+                    ))
+                }
             }
         }
         let req = pb::CompleteRequest {
@@ -250,6 +270,10 @@ impl Worker {
             sha256,
             infotext,
             render_ms: started.elapsed().as_millis() as u64,
+            steps: params.steps,
+            model_loaded: image.model_loaded,
+            model_load_ms: image.model_load_ms,
+            model: params.model.clone(),
         };
         match self.client.complete(req).await {
             Ok(_) => {
@@ -262,7 +286,29 @@ impl Worker {
                 tracing::warn!(error = %status, "completion refused: lease lost");
                 Ok(())
             }
-            Err(status) => Err((format!("completion not recorded: {status}"), true)),
+            Err(status) => Err(Failure::new(
+                "complete",
+                format!("completion not recorded: {status}"),
+                true,
+            )),
+        }
+    }
+}
+
+/// A failed attempt as reported to the coordinator: `code` is a short class used as the
+/// metrics' `reason` label, `reason` the text people read.
+struct Failure {
+    code: &'static str,
+    reason: String,
+    retryable: bool,
+}
+
+impl Failure {
+    fn new(code: &'static str, reason: String, retryable: bool) -> Failure {
+        Failure {
+            code,
+            reason,
+            retryable,
         }
     }
 }

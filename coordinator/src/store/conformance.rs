@@ -19,10 +19,12 @@ use super::*;
 mod fixtures;
 mod jobs;
 mod leases;
+mod pools;
 
 use fixtures::{submit, LEASE, T0};
 use jobs::*;
 use leases::*;
+use pools::*;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -63,6 +65,8 @@ conformance!(
     concurrent_completions_finish_the_job,
     cancel_stops_claims_and_cancels_unfinished_tasks,
     duplicate_image_index_stores_nothing,
+    claim_leases_only_the_workers_pool,
+    queue_counts_group_unfinished_tasks,
 );
 
 async fn on_sqlite<F, Fut>(check: F)
@@ -145,6 +149,13 @@ async fn open_store_rejects_unknown_schemes() {
 async fn in_memory_sqlite_keeps_its_data_across_calls() {
     let store = open_store("sqlite::memory:").await.unwrap();
     submit(&*store, "job-m", 0, 1, 2, T0).await;
-    assert_eq!(store.claim("w1", 5, LEASE, T0).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .claim("w1", DEFAULT_POOL, 5, LEASE, T0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(store.get_job("job-m").await.unwrap().counts.running, 2);
 }

@@ -29,6 +29,9 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// The pool of workers that declare none and of sweeps that name none.
+pub const DEFAULT_POOL: &str = "default";
+
 /// Milliseconds since the Unix epoch. Every store method takes `now` from the caller so
 /// tests control time (the coordinator passes its clock).
 pub type Millis = i64;
@@ -110,6 +113,8 @@ pub struct NewJob {
     /// Attempts before a task is discarded (the first run counts as attempt 1).
     pub max_attempts: u32,
     pub priority: i32,
+    /// Worker pool whose workers may render the job's tasks.
+    pub pool: String,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +195,19 @@ pub struct TaskRecord {
     /// One reason per failed attempt, oldest first.
     pub errors: Vec<String>,
     pub finalized_at: Option<Millis>,
+    /// The worker pool the task may be leased to.
+    pub pool: String,
+}
+
+/// Unfinished tasks of one (pool, model, state): what the metrics and the scaling signal
+/// are computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCount {
+    pub pool: String,
+    pub model: String,
+    /// `Available`, `Running` or `Retryable`.
+    pub state: TaskState,
+    pub count: u64,
 }
 
 /// What a worker reports when a task's image is safely in object storage.
@@ -259,13 +277,14 @@ pub trait Store: Send + Sync + 'static {
     /// In image order.
     async fn list_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>>;
 
-    /// Leases up to `max` claimable tasks (available, or retryable whose `scheduled_at` has
-    /// passed, of jobs not cancelled) to `worker` until `now + lease_ms`, highest job priority
-    /// first, then oldest. Each claim increments the task's attempt. Two concurrent callers
-    /// never receive the same task.
+    /// Leases up to `max` claimable tasks of `pool` (available, or retryable whose
+    /// `scheduled_at` has passed, of jobs not cancelled) to `worker` until `now + lease_ms`,
+    /// highest job priority first, then oldest. Each claim increments the task's attempt. Two
+    /// concurrent callers never receive the same task; tasks of other pools are never leased.
     async fn claim(
         &self,
         worker: &str,
+        pool: &str,
         max: u32,
         lease_ms: i64,
         now: Millis,
@@ -312,4 +331,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels every task of the job that has not reached a final state and returns the job.
     /// A job that already finished is returned unchanged: its outcome stands.
     async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord>;
+
+    /// Counts of unfinished tasks (available, running, retryable) grouped by pool, model and
+    /// state, ordered by those three. Read on every metrics scrape and scaling poll, so it
+    /// only touches unfinished rows.
+    async fn queue_counts(&self) -> Result<Vec<QueueCount>>;
 }

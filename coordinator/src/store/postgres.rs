@@ -15,11 +15,11 @@ use sqlx::{Postgres, Transaction};
 
 use super::rows::{
     attempts_to_sql, claimed_in_order, jobs_from_rows, lease_expired_reason, params_json,
-    AfterFailure, JobCountRow, TaskRow,
+    queue_counts_from_rows, AfterFailure, JobCountRow, QueueCountRow, TaskRow,
 };
 use super::{
-    JobRecord, Millis, NewJob, NewTask, RescueReport, Result, RetryPolicy, Store, StoreError,
-    TaskOutput, TaskRecord, TaskState,
+    JobRecord, Millis, NewJob, NewTask, QueueCount, RescueReport, Result, RetryPolicy, Store,
+    StoreError, TaskOutput, TaskRecord, TaskState,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -29,7 +29,7 @@ macro_rules! task_columns {
     () => {
         "id, job_id, image_index, priority, params::text AS params, state, attempt, \
          max_attempts, output_key, lease_owner, lease_expires_at, scheduled_at, sha256, \
-         infotext, errors::text AS errors, finalized_at"
+         infotext, errors::text AS errors, finalized_at, pool"
     };
 }
 
@@ -62,8 +62,8 @@ const INSERT_JOB: &str = "INSERT INTO jobs \
 
 /// One statement for the whole sweep: large jobs insert in a single round trip.
 const INSERT_TASKS: &str = "INSERT INTO tasks \
-     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at) \
-     SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4 \
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool) \
+     SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4, $8 \
      FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS t(image_index, params, output_key)";
 
 const LIST_TASKS: &str = concat!(
@@ -73,11 +73,12 @@ const LIST_TASKS: &str = concat!(
 );
 
 /// River's claim: lock the first claimable ids in priority order, skipping rows another
-/// claimer holds, then lease exactly those. `tasks_claim_idx` serves the WHERE and ORDER BY.
+/// claimer holds, then lease exactly those. `tasks_pool_claim_idx` serves the WHERE and ORDER BY.
 const CLAIM: &str = concat!(
     "WITH claimable AS ( \
          SELECT t.id AS claim_id FROM tasks t \
-         WHERE t.state IN ('available', 'retryable') \
+         WHERE t.pool = $5 \
+           AND t.state IN ('available', 'retryable') \
            AND t.scheduled_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
          ORDER BY t.priority DESC, t.id \
@@ -141,6 +142,11 @@ const CANCEL_TASKS: &str = "WITH doomed AS ( \
      UPDATE tasks SET state = 'cancelled', finalized_at = $2, \
          lease_owner = NULL, lease_expires_at = NULL \
      FROM doomed WHERE tasks.id = doomed.doomed_id";
+
+/// Unfinished rows only (`tasks_unfinished_idx`): finished history never slows a scrape.
+const QUEUE_COUNTS: &str = "SELECT pool, params->>'model' AS model, state, count(*) AS n \
+     FROM tasks WHERE finalized_at IS NULL \
+     GROUP BY pool, model, state ORDER BY pool, model, state";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)";
 
@@ -250,6 +256,7 @@ impl Store for PostgresStore {
             .bind(indexes)
             .bind(params)
             .bind(keys)
+            .bind(&job.pool)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -295,6 +302,7 @@ impl Store for PostgresStore {
     async fn claim(
         &self,
         worker: &str,
+        pool: &str,
         max: u32,
         lease_ms: i64,
         now: Millis,
@@ -307,6 +315,7 @@ impl Store for PostgresStore {
             .bind(i64::from(max))
             .bind(worker)
             .bind(now.saturating_add(lease_ms))
+            .bind(pool)
             .fetch_all(&self.pool)
             .await?;
         claimed_in_order(rows)
@@ -468,5 +477,10 @@ impl Store for PostgresStore {
         tx.commit().await?;
         // Also the JobNotFound check when nothing was updated.
         self.get_job(id).await
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCount>> {
+        let rows: Vec<QueueCountRow> = sqlx::query_as(QUEUE_COUNTS).fetch_all(&self.pool).await?;
+        Ok(queue_counts_from_rows(rows))
     }
 }

@@ -6,7 +6,8 @@ use std::cmp::Reverse;
 use sdfarm_proto::RenderParams;
 
 use super::{
-    JobRecord, Millis, Result, RetryPolicy, StoreError, TaskCounts, TaskRecord, TaskState,
+    JobRecord, Millis, QueueCount, Result, RetryPolicy, StoreError, TaskCounts, TaskRecord,
+    TaskState,
 };
 
 /// A task row as both backends select it (`params` and `errors` as JSON text).
@@ -29,6 +30,7 @@ pub(super) struct TaskRow {
     infotext: Option<String>,
     errors: String,
     finalized_at: Option<i64>,
+    pool: String,
 }
 
 impl TaskRow {
@@ -61,6 +63,7 @@ impl TaskRow {
             infotext: self.infotext,
             errors,
             finalized_at: self.finalized_at,
+            pool: self.pool,
         })
     }
 }
@@ -70,6 +73,28 @@ impl TaskRow {
 pub(super) fn claimed_in_order(mut rows: Vec<TaskRow>) -> Result<Vec<TaskRecord>> {
     rows.sort_by_key(|r| (Reverse(r.priority), r.id));
     rows.into_iter().map(TaskRow::into_record).collect()
+}
+
+/// One `(pool, model, state, n)` group of unfinished tasks.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct QueueCountRow {
+    pool: String,
+    model: Option<String>,
+    state: String,
+    n: i64,
+}
+
+pub(super) fn queue_counts_from_rows(rows: Vec<QueueCountRow>) -> Vec<QueueCount> {
+    rows.into_iter()
+        .filter_map(|r| {
+            Some(QueueCount {
+                pool: r.pool,
+                model: r.model.unwrap_or_default(),
+                state: TaskState::parse(&r.state)?,
+                count: r.n.max(0) as u64,
+            })
+        })
+        .collect()
 }
 
 /// A job row joined with one `(state, count)` group of its tasks; a job without tasks

@@ -18,11 +18,11 @@ use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
     attempts_to_sql, claimed_in_order, jobs_from_rows, lease_expired_reason, params_json,
-    AfterFailure, JobCountRow, TaskRow,
+    queue_counts_from_rows, AfterFailure, JobCountRow, QueueCountRow, TaskRow,
 };
 use super::{
-    JobRecord, Millis, NewJob, NewTask, RescueReport, Result, RetryPolicy, Store, StoreError,
-    TaskOutput, TaskRecord, TaskState,
+    JobRecord, Millis, NewJob, NewTask, QueueCount, RescueReport, Result, RetryPolicy, Store,
+    StoreError, TaskOutput, TaskRecord, TaskState,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -34,7 +34,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 macro_rules! task_columns {
     () => {
         "id, job_id, image_index, priority, params, state, attempt, max_attempts, output_key, \
-         lease_owner, lease_expires_at, scheduled_at, sha256, infotext, errors, finalized_at"
+         lease_owner, lease_expires_at, scheduled_at, sha256, infotext, errors, finalized_at, pool"
     };
 }
 
@@ -66,8 +66,8 @@ const INSERT_JOB: &str = "INSERT INTO jobs \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const INSERT_TASK: &str = "INSERT INTO tasks \
-     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const LIST_TASKS: &str = concat!(
     "SELECT ",
@@ -75,13 +75,14 @@ const LIST_TASKS: &str = concat!(
     " FROM tasks WHERE job_id = ?1 ORDER BY image_index"
 );
 
-/// The claim in one statement; `tasks_claim_idx` serves the WHERE and ORDER BY.
+/// The claim in one statement; `tasks_pool_claim_idx` serves the WHERE and ORDER BY.
 const CLAIM: &str = concat!(
     "UPDATE tasks \
      SET state = 'running', attempt = attempt + 1, lease_owner = ?1, lease_expires_at = ?2 \
      WHERE id IN ( \
          SELECT t.id FROM tasks t \
-         WHERE t.state IN ('available', 'retryable') \
+         WHERE t.pool = ?5 \
+           AND t.state IN ('available', 'retryable') \
            AND t.scheduled_at <= ?3 \
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
          ORDER BY t.priority DESC, t.id \
@@ -126,6 +127,12 @@ const CANCEL_JOB: &str = "UPDATE jobs SET cancelled = 1, finished_at = ?2 \
 const CANCEL_TASKS: &str = "UPDATE tasks SET state = 'cancelled', finalized_at = ?2, \
          lease_owner = NULL, lease_expires_at = NULL \
      WHERE job_id = ?1 AND finalized_at IS NULL";
+
+/// Unfinished rows only (`tasks_unfinished_idx`): finished history never slows a scrape.
+const QUEUE_COUNTS: &str =
+    "SELECT pool, json_extract(params, '$.model') AS model, state, count(*) AS n \
+     FROM tasks WHERE finalized_at IS NULL \
+     GROUP BY pool, model, state ORDER BY pool, model, state";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)";
 
@@ -238,6 +245,7 @@ impl Store for SqliteStore {
                 .bind(attempts_to_sql(job.max_attempts))
                 .bind(&task.output_key)
                 .bind(now)
+                .bind(&job.pool)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -284,6 +292,7 @@ impl Store for SqliteStore {
     async fn claim(
         &self,
         worker: &str,
+        pool: &str,
         max: u32,
         lease_ms: i64,
         now: Millis,
@@ -297,6 +306,7 @@ impl Store for SqliteStore {
             .bind(now.saturating_add(lease_ms))
             .bind(now)
             .bind(i64::from(max))
+            .bind(pool)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -442,5 +452,10 @@ impl Store for SqliteStore {
         tx.commit().await?;
         // Also the JobNotFound check when nothing was updated.
         self.get_job(id).await
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCount>> {
+        let rows: Vec<QueueCountRow> = sqlx::query_as(QUEUE_COUNTS).fetch_all(&self.pool).await?;
+        Ok(queue_counts_from_rows(rows))
     }
 }

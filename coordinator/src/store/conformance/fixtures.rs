@@ -26,6 +26,7 @@ pub(super) fn new_job(id: &str, priority: i32, max_attempts: u32) -> NewJob {
         output_prefix: format!("renders/{id}"),
         max_attempts,
         priority,
+        pool: DEFAULT_POOL.to_string(),
     }
 }
 

@@ -86,7 +86,7 @@ pub(super) async fn unknown_job_is_not_found(store: Arc<dyn Store>) {
 
 pub(super) async fn job_finishes_with_its_last_task(store: Arc<dyn Store>) {
     submit(&*store, "job-s", 0, 3, 2, T0).await;
-    let claimed = store.claim("w1", 2, LEASE, T0).await.unwrap();
+    let claimed = store.claim("w1", DEFAULT_POOL, 2, LEASE, T0).await.unwrap();
 
     store
         .complete(claimed[0].id, "w1", &output("a"), T0 + 10)
@@ -113,7 +113,10 @@ pub(super) async fn job_finishes_with_its_last_task(store: Arc<dyn Store>) {
 pub(super) async fn concurrent_completions_finish_the_job(store: Arc<dyn Store>) {
     const TASKS: u32 = 24;
     submit(&*store, "job-race", 0, 3, TASKS, T0).await;
-    let claimed = store.claim("w1", TASKS, LEASE, T0).await.unwrap();
+    let claimed = store
+        .claim("w1", DEFAULT_POOL, TASKS, LEASE, T0)
+        .await
+        .unwrap();
     let completions: Vec<_> = claimed
         .into_iter()
         .map(|t| {
@@ -138,7 +141,7 @@ pub(super) async fn concurrent_completions_finish_the_job(store: Arc<dyn Store>)
 pub(super) async fn cancel_stops_claims_and_cancels_unfinished_tasks(store: Arc<dyn Store>) {
     let tasks = submit(&*store, "job-k", 1, 3, 3, T0).await;
     let other = submit(&*store, "job-other", 0, 3, 1, T0).await;
-    let claimed = store.claim("w1", 2, LEASE, T0).await.unwrap();
+    let claimed = store.claim("w1", DEFAULT_POOL, 2, LEASE, T0).await.unwrap();
     assert_eq!(ids(&claimed), [tasks[0].id, tasks[1].id]);
     store
         .complete(tasks[0].id, "w1", &output("a"), T0 + 5)
@@ -178,7 +181,10 @@ pub(super) async fn cancel_stops_claims_and_cancels_unfinished_tasks(store: Arc<
         "w1",
     );
 
-    let next = store.claim("w2", 10, LEASE, T0 + 20).await.unwrap();
+    let next = store
+        .claim("w2", DEFAULT_POOL, 10, LEASE, T0 + 20)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&next),
         [other[0].id],
@@ -209,7 +215,11 @@ pub(super) async fn duplicate_image_index_stores_nothing(store: Arc<dyn Store>) 
         Err(StoreError::JobNotFound(_))
     ));
     assert!(store.list_jobs(10).await.unwrap().is_empty());
-    assert!(store.claim("w1", 10, LEASE, T0).await.unwrap().is_empty());
+    assert!(store
+        .claim("w1", DEFAULT_POOL, 10, LEASE, T0)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Nothing half-written blocks a corrected resubmission under the same id.
     store

@@ -12,8 +12,15 @@ pub(super) async fn claim_orders_by_priority_then_age_and_respects_max(store: Ar
     let high = submit(&*store, "job-high", 5, 3, 2, T0 + 1).await;
     let now = T0 + 10;
 
-    assert!(store.claim("w0", 0, LEASE, now).await.unwrap().is_empty());
-    let first = store.claim("w1", 3, LEASE, now).await.unwrap();
+    assert!(store
+        .claim("w0", DEFAULT_POOL, 0, LEASE, now)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = store
+        .claim("w1", DEFAULT_POOL, 3, LEASE, now)
+        .await
+        .unwrap();
     assert_eq!(ids(&first), [high[0].id, high[1].id, low[0].id]);
     for t in &first {
         assert_eq!(t.state, TaskState::Running);
@@ -21,9 +28,16 @@ pub(super) async fn claim_orders_by_priority_then_age_and_respects_max(store: Ar
         assert_eq!(t.lease_owner.as_deref(), Some("w1"));
         assert_eq!(t.lease_expires_at, Some(now + LEASE));
     }
-    let rest = store.claim("w2", 10, LEASE, now).await.unwrap();
+    let rest = store
+        .claim("w2", DEFAULT_POOL, 10, LEASE, now)
+        .await
+        .unwrap();
     assert_eq!(ids(&rest), [low[1].id, low[2].id]);
-    assert!(store.claim("w3", 10, LEASE, now).await.unwrap().is_empty());
+    assert!(store
+        .claim("w3", DEFAULT_POOL, 10, LEASE, now)
+        .await
+        .unwrap()
+        .is_empty());
 
     let job = store.get_job("job-low").await.unwrap();
     assert_eq!((job.counts.running, job.counts.available), (3, 0));
@@ -40,7 +54,10 @@ pub(super) async fn concurrent_claimers_lease_each_task_once(store: Arc<dyn Stor
                 let worker = format!("w{w}");
                 let mut got = Vec::new();
                 loop {
-                    let batch = store.claim(&worker, 3, LEASE, T0 + 1).await.unwrap();
+                    let batch = store
+                        .claim(&worker, DEFAULT_POOL, 3, LEASE, T0 + 1)
+                        .await
+                        .unwrap();
                     if batch.is_empty() {
                         break got;
                     }
@@ -68,8 +85,8 @@ pub(super) async fn concurrent_claimers_lease_each_task_once(store: Arc<dyn Stor
 
 pub(super) async fn heartbeat_extends_lease_and_reports_lost(store: Arc<dyn Store>) {
     submit(&*store, "job-h", 0, 3, 3, T0).await;
-    let mine = store.claim("w1", 2, LEASE, T0).await.unwrap();
-    let theirs = store.claim("w2", 1, LEASE, T0).await.unwrap();
+    let mine = store.claim("w1", DEFAULT_POOL, 2, LEASE, T0).await.unwrap();
+    let theirs = store.claim("w2", DEFAULT_POOL, 1, LEASE, T0).await.unwrap();
     let (a, b, c) = (mine[0].id, mine[1].id, theirs[0].id);
 
     let later = T0 + 20_000;
@@ -110,7 +127,11 @@ pub(super) async fn heartbeat_extends_lease_and_reports_lost(store: Arc<dyn Stor
 
 pub(super) async fn complete_is_fenced_on_the_lease(store: Arc<dyn Store>) {
     submit(&*store, "job-f", 0, 3, 2, T0).await;
-    let t = store.claim("w1", 1, LEASE, T0).await.unwrap().remove(0);
+    let t = store
+        .claim("w1", DEFAULT_POOL, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0);
 
     assert_lease_lost(
         store.complete(t.id, "w2", &output("x"), T0 + 1).await,
@@ -158,7 +179,7 @@ pub(super) async fn complete_is_fenced_on_the_lease(store: Arc<dyn Store>) {
 
     // A worker that was presumed dead and rescued cannot complete afterwards.
     let u = store
-        .claim("w1", 1, LEASE, T0 + 1_000)
+        .claim("w1", DEFAULT_POOL, 1, LEASE, T0 + 1_000)
         .await
         .unwrap()
         .remove(0);
@@ -182,7 +203,11 @@ pub(super) async fn complete_is_fenced_on_the_lease(store: Arc<dyn Store>) {
 pub(super) async fn retryable_failure_waits_out_its_backoff(store: Arc<dyn Store>) {
     let policy = no_jitter();
     submit(&*store, "job-r", 0, 3, 1, T0).await;
-    let t = store.claim("w1", 1, LEASE, T0).await.unwrap().remove(0);
+    let t = store
+        .claim("w1", DEFAULT_POOL, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0);
 
     let state = store
         .fail(t.id, "w1", "CUDA out of memory", true, &policy, T0 + 100)
@@ -199,11 +224,14 @@ pub(super) async fn retryable_failure_waits_out_its_backoff(store: Arc<dyn Store
     assert_eq!((job.state(), job.finished_at), (JobState::Running, None));
 
     assert!(store
-        .claim("w2", 1, LEASE, T0 + 1_099)
+        .claim("w2", DEFAULT_POOL, 1, LEASE, T0 + 1_099)
         .await
         .unwrap()
         .is_empty());
-    let again = store.claim("w2", 1, LEASE, T0 + 1_100).await.unwrap();
+    let again = store
+        .claim("w2", DEFAULT_POOL, 1, LEASE, T0 + 1_100)
+        .await
+        .unwrap();
     assert_eq!(ids(&again), [t.id]);
     assert_eq!(again[0].attempt, 2);
     assert_lease_lost(
@@ -224,11 +252,14 @@ pub(super) async fn retryable_failure_waits_out_its_backoff(store: Arc<dyn Store
         T0 + 2_000 + 4_000
     );
     assert!(store
-        .claim("w3", 1, LEASE, T0 + 5_999)
+        .claim("w3", DEFAULT_POOL, 1, LEASE, T0 + 5_999)
         .await
         .unwrap()
         .is_empty());
-    let third = store.claim("w3", 1, LEASE, T0 + 6_000).await.unwrap();
+    let third = store
+        .claim("w3", DEFAULT_POOL, 1, LEASE, T0 + 6_000)
+        .await
+        .unwrap();
     assert_eq!(third[0].attempt, 3);
 
     // The third attempt was the last one allowed: retryable or not, it is discarded.
@@ -252,7 +283,7 @@ pub(super) async fn retryable_failure_waits_out_its_backoff(store: Arc<dyn Store
     assert_eq!(job.state(), JobState::Failed);
     assert_eq!(job.finished_at, Some(T0 + 7_000));
     assert!(store
-        .claim("w4", 1, LEASE, T0 + 10_000_000)
+        .claim("w4", DEFAULT_POOL, 1, LEASE, T0 + 10_000_000)
         .await
         .unwrap()
         .is_empty());
@@ -260,7 +291,7 @@ pub(super) async fn retryable_failure_waits_out_its_backoff(store: Arc<dyn Store
 
 pub(super) async fn non_retryable_failure_discards(store: Arc<dyn Store>) {
     submit(&*store, "job-n", 0, 5, 2, T0).await;
-    let claimed = store.claim("w1", 2, LEASE, T0).await.unwrap();
+    let claimed = store.claim("w1", DEFAULT_POOL, 2, LEASE, T0).await.unwrap();
     let (a, b) = (claimed[0].id, claimed[1].id);
 
     let reason = "prompt syntax: unbalanced '(' at column 12";
@@ -291,12 +322,16 @@ pub(super) async fn rescuer_retries_then_discards_expired_leases(store: Arc<dyn 
     // A healthy worker with a long lease on another job must not be disturbed.
     submit(&*store, "job-ok", 9, 3, 1, T0).await;
     let healthy = store
-        .claim("w-ok", 1, 1_000_000, T0)
+        .claim("w-ok", DEFAULT_POOL, 1, 1_000_000, T0)
         .await
         .unwrap()
         .remove(0);
     submit(&*store, "job-x", 0, 2, 1, T0).await;
-    let t = store.claim("w1", 1, 1_000, T0).await.unwrap().remove(0);
+    let t = store
+        .claim("w1", DEFAULT_POOL, 1, 1_000, T0)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(t.job_id, "job-x");
 
     for now in [T0 + 999, T0 + 1_000] {
@@ -314,7 +349,10 @@ pub(super) async fn rescuer_retries_then_discards_expired_leases(store: Arc<dyn 
         ["lease expired: worker w1 stopped heartbeating (attempt 1)"]
     );
 
-    let second = store.claim("w2", 1, 1_000, T0 + 2_001).await.unwrap();
+    let second = store
+        .claim("w2", DEFAULT_POOL, 1, 1_000, T0 + 2_001)
+        .await
+        .unwrap();
     assert_eq!((second[0].id, second[0].attempt), (t.id, 2));
     let report = store.rescue_expired(&policy, T0 + 3_002).await.unwrap();
     assert_eq!((report.retried, report.discarded), (vec![], vec![t.id]));
