@@ -14,6 +14,7 @@ pub mod kdiffusion;
 pub mod noise;
 pub mod philox;
 pub mod pipeline;
+pub mod prompt_parser;
 pub mod sampler;
 pub mod schedule;
 pub mod scheduler;
