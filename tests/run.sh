@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs sdfarm's whole test suite on a fresh machine: installs what the tests need that cargo
-# does not bring (an S3-compatible server), checks the services they use, then one
-# `cargo test --workspace` (one build for everything).
+# does not bring (an S3-compatible server, the chart validators), checks the services they
+# use, validates the Helm chart, then one `cargo test --workspace` (one build for everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +25,8 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   fi
 fi
+
+# The Helm chart: rendered and validated offline against Kubernetes and KEDA schemas.
+bash deploy/ci/validate-chart.sh
 
 exec cargo test --workspace "$@"
