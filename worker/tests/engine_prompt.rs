@@ -106,3 +106,44 @@ fn schedule_edge_cases() {
         vec![(4, "[a:b] (c".into())]
     );
 }
+
+#[test]
+fn chunks_follow_a1111() {
+    use sdfarm_worker::engine::conditioning::tokenize_line;
+    use sdfarm_worker::engine::tokenizer::PromptTokenizer;
+    let tok = PromptTokenizer::builtin().unwrap();
+
+    let (chunks, count) = tokenize_line(&tok, "a photo of a cat").unwrap();
+    assert_eq!((chunks.len(), count), (1, 5));
+    assert_eq!(chunks[0].tokens, tok.encode("a photo of a cat").unwrap());
+    assert!(chunks[0].unweighted());
+
+    let (chunks, count) = tokenize_line(&tok, "").unwrap();
+    assert_eq!((chunks.len(), count), (1, 0));
+
+    // BREAK closes the chunk: the count includes its padding.
+    let (chunks, count) = tokenize_line(&tok, "a cat BREAK a dog").unwrap();
+    assert_eq!((chunks.len(), count), (2, 77));
+    assert_eq!(&chunks[1].tokens[..4], &[49406, 320, 1929, 49407]);
+
+    // 100 words: 75 in the first chunk, 25 in the second.
+    let (chunks, count) = tokenize_line(&tok, &"cat ".repeat(100)).unwrap();
+    assert_eq!((chunks.len(), count), (2, 100));
+    assert!(chunks
+        .iter()
+        .all(|c| c.tokens.len() == 77 && c.multipliers.len() == 77));
+
+    // A comma within 20 tokens of the chunk end moves what follows it to the next chunk.
+    let text = format!("{}, {}", "cat ".repeat(70), "dog ".repeat(10));
+    let (chunks, _) = tokenize_line(&tok, &text).unwrap();
+    assert_eq!(chunks[0].tokens[71], 267, "chunk ends with the comma");
+    assert_eq!(chunks[0].tokens[72], 49407);
+    assert_eq!(chunks[1].tokens[1], 1929, "dog starts the second chunk");
+
+    // Weights land on their tokens.
+    let (chunks, _) = tokenize_line(&tok, "a (cat:1.5) [dog]").unwrap();
+    assert_eq!(
+        &chunks[0].multipliers[..4],
+        &[1.0, 1.0, 1.5, (1.0f64 / 1.1) as f32]
+    );
+}

@@ -8,6 +8,7 @@
 //!
 //! Submodules are public so tests can check each stage against reference tensors.
 
+pub mod conditioning;
 pub mod config;
 mod error;
 pub mod kdiffusion;
@@ -106,7 +107,7 @@ impl Engine {
         }
         // Load outside the lock: it takes seconds for real models and other renders continue.
         let started = Instant::now();
-        let pipeline = Arc::new(Pipeline::load(&resolved.dir)?);
+        let pipeline = Arc::new(resolved.load()?);
         let load_time = started.elapsed();
         let mut loaded = self.loaded.lock().expect("engine model cache");
         let entry = loaded
@@ -186,8 +187,11 @@ impl Engine {
         )?;
         let init = Tensor::from_vec(init, shape.to_vec(), &device)?;
 
-        let cond = pipeline.encode_prompt(&params.prompt, clip_skip)?;
-        let uncond = pipeline.encode_prompt(&params.negative_prompt, clip_skip)?;
+        // Prompt editing counts model calls; second-order samplers make two per step.
+        let schedule_steps = params.steps as usize * if sampler.second_order() { 2 } else { 1 };
+        let cond = pipeline.encode_schedule(&params.prompt, schedule_steps, clip_skip)?;
+        let uncond =
+            pipeline.encode_schedule(&params.negative_prompt, schedule_steps, clip_skip)?;
         let settings = SampleSettings {
             schedule_type,
             options: SamplerOptions::from_request(
@@ -212,7 +216,7 @@ impl Engine {
                 &device,
             )?)
         };
-        let latents = pipeline.sample(
+        let latents = pipeline.sample_scheduled(
             &settings,
             &cond,
             &uncond,

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
+use super::conditioning;
 use super::config::{self, VaeSettings};
 use super::kdiffusion;
 use super::sampler::{self, DdimVariant, NoiseFn, Sampler, SamplerOptions, StepInfo};
@@ -19,6 +20,7 @@ use super::schedule::DiscreteSchedule;
 use super::scheduler::{self, ScheduleOverrides, ScheduleType};
 use super::text_encoder::TextEncoder;
 use super::tokenizer::PromptTokenizer;
+use super::tokenizer::END_OF_TEXT;
 use super::unet::UNet;
 use super::EngineError;
 
@@ -33,7 +35,22 @@ pub struct Pipeline {
     vae: AutoEncoderKL,
     vae_settings: VaeSettings,
     schedule: DiscreteSchedule,
+    prediction: Prediction,
 }
+
+/// What the UNet predicts (`prediction_type` of the scheduler config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// The noise (SD 1.x, SD 2.x base).
+    Epsilon,
+    /// The velocity `sqrt(a) * eps - sqrt(1 - a) * x0` (SD 2.x 768-v).
+    V,
+}
+
+/// A prompt's embeddings over a pass: `(until_step, [1, 77 * chunks, dim])` pairs, ascending,
+/// as A1111 schedules prompt editing. Model call `k` (0-based) uses the first entry whose
+/// end is at or after `k`.
+pub type ScheduledCond = Vec<(usize, Tensor)>;
 
 /// What to sample, independent of where the noise comes from.
 #[derive(Debug, Clone)]
@@ -179,10 +196,23 @@ impl Pipeline {
         .map_err(|e| EngineError::invalid_model(&vae_weights, e.to_string()))?;
 
         let scheduler_config = dir.join("scheduler/scheduler_config.json");
-        let schedule = if scheduler_config.is_file() {
-            DiscreteSchedule::from_diffusers_config(&config::read_json(&scheduler_config)?)?
+        let (schedule, prediction) = if scheduler_config.is_file() {
+            let json = config::read_json(&scheduler_config)?;
+            let prediction = match json.get("prediction_type").and_then(|v| v.as_str()) {
+                None | Some("epsilon") => Prediction::Epsilon,
+                Some("v_prediction") => Prediction::V,
+                Some(other) => {
+                    return Err(EngineError::invalid_model(
+                        &scheduler_config,
+                        format!(
+                            "prediction_type {other:?} is not supported; accepted: \"epsilon\", \"v_prediction\""
+                        ),
+                    ))
+                }
+            };
+            (DiscreteSchedule::from_diffusers_config(&json)?, prediction)
         } else {
-            DiscreteSchedule::sd15()
+            (DiscreteSchedule::sd15(), Prediction::Epsilon)
         };
 
         Ok(Pipeline {
@@ -195,6 +225,77 @@ impl Pipeline {
             vae,
             vae_settings,
             schedule,
+            prediction,
+        })
+    }
+
+    /// Builds a pipeline from networks whose weights and settings were gathered elsewhere,
+    /// e.g. from a single A1111 checkpoint by `crate::models`. Checks the same consistency as
+    /// [`Pipeline::load_on`].
+    pub fn from_parts(parts: PipelineParts<'_>, device: Device) -> Result<Self, EngineError> {
+        let PipelineParts {
+            origin,
+            tokenizer,
+            clip_config,
+            clip_layer_norm_eps,
+            clip,
+            unet_settings,
+            unet,
+            vae_settings,
+            vae,
+            schedule,
+            prediction,
+        } = parts;
+        if unet_settings.config.cross_attention_dim != clip_config.embed_dim {
+            return Err(EngineError::invalid_model(
+                &origin,
+                format!(
+                    "unet cross_attention_dim {} does not match the text encoder's width {}",
+                    unet_settings.config.cross_attention_dim, clip_config.embed_dim
+                ),
+            ));
+        }
+        if vae_settings.config.latent_channels != unet_settings.in_channels
+            || unet_settings.in_channels != unet_settings.out_channels
+        {
+            return Err(EngineError::invalid_model(
+                &origin,
+                format!(
+                    "vae latent_channels {} / unet in_channels {} / out_channels {} disagree \
+                     (txt2img models have them all equal)",
+                    vae_settings.config.latent_channels,
+                    unet_settings.in_channels,
+                    unet_settings.out_channels
+                ),
+            ));
+        }
+        let text_encoder = TextEncoder::new(clip.vb.clone(), &clip_config, clip_layer_norm_eps)
+            .map_err(|e| clip.error(e))?;
+        let unet_model = UNet::new(
+            unet.vb.clone(),
+            unet_settings.in_channels,
+            unet_settings.out_channels,
+            &unet_settings.config,
+        )
+        .map_err(|e| unet.error(e))?;
+        let vae_model = AutoEncoderKL::new(
+            vae.vb.clone(),
+            vae_settings.in_channels,
+            vae_settings.out_channels,
+            vae_settings.config.clone(),
+        )
+        .map_err(|e| vae.error(e))?;
+        Ok(Pipeline {
+            dir: origin,
+            device,
+            tokenizer,
+            text_encoder,
+            unet: unet_model,
+            unet_in_channels: unet_settings.in_channels,
+            vae: vae_model,
+            vae_settings,
+            schedule,
+            prediction,
         })
     }
 
@@ -209,6 +310,10 @@ impl Pipeline {
 
     pub fn schedule(&self) -> &DiscreteSchedule {
         &self.schedule
+    }
+
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
     }
 
     pub fn tokenizer(&self) -> &PromptTokenizer {
@@ -247,15 +352,50 @@ impl Pipeline {
     }
 
     /// CLIP hidden states `[1, 77, dim]` for a prompt (an empty prompt encodes `""`).
+    ///
+    /// A1111's conditioning: attention syntax, 75-token chunks (so `[1, 77 * chunks, dim]`),
+    /// each chunk encoded separately and weighted with the "Original" emphasis: multiply by
+    /// the weights, then rescale so the chunk's mean is unchanged.
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor, EngineError> {
-        let ids = self.tokenizer.encode(text)?;
-        let ids = Tensor::from_vec(ids, (1, super::tokenizer::CONTEXT_LEN), &self.device)?;
-        Ok(self.text_encoder.forward(&ids, clip_skip)?)
+        let (chunks, _) = conditioning::tokenize_line(&self.tokenizer, text)?;
+        let mut encoded = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let mut ids = chunk.tokens.clone();
+            // SD 2.x pads with a different id after the first end token.
+            let pad = self.tokenizer.pad_id();
+            if pad != END_OF_TEXT {
+                if let Some(end) = ids.iter().position(|&t| t == END_OF_TEXT) {
+                    ids[end + 1..].iter_mut().for_each(|t| *t = pad);
+                }
+            }
+            let len = ids.len();
+            let ids = Tensor::from_vec(ids, (1, len), &self.device)?;
+            let z = self.text_encoder.forward(&ids, clip_skip)?;
+            encoded.push(if chunk.unweighted() {
+                z
+            } else {
+                emphasize(&z, &chunk.multipliers)?
+            });
+        }
+        Ok(Tensor::cat(&encoded, 1)?)
+    }
+
+    /// Embeddings for each entry of a prompt's schedule over `steps` model-call steps.
+    pub fn encode_schedule(
+        &self,
+        prompt: &str,
+        steps: usize,
+        clip_skip: usize,
+    ) -> Result<ScheduledCond, EngineError> {
+        conditioning::schedule(prompt, steps)
+            .into_iter()
+            .map(|(end, text)| Ok((end, self.encode_prompt(&text, clip_skip)?)))
+            .collect()
     }
 
     /// Runs the sampler from unit-variance `noise` (`[1, C, h, w]`, not yet scaled by the
     /// initial sigma) to final latents, with classifier-free guidance between `uncond` and
-    /// `cond` (each `[1, 77, dim]`).
+    /// `cond` (each `[1, 77 * chunks, dim]`).
     ///
     /// `fresh_noise` supplies the ancestral / eta noise; `observe` sees every step and can
     /// cancel by returning `false`.
@@ -268,6 +408,21 @@ impl Pipeline {
         fresh_noise: &mut NoiseFn<'_>,
         observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
     ) -> Result<Tensor, EngineError> {
+        let cond = vec![(settings.steps, cond.clone())];
+        let uncond = vec![(settings.steps, uncond.clone())];
+        self.sample_scheduled(settings, &cond, &uncond, noise, fresh_noise, observe)
+    }
+
+    /// [`Pipeline::sample`] with prompt-editing schedules for both prompts.
+    pub fn sample_scheduled(
+        &self,
+        settings: &SampleSettings,
+        cond: &ScheduledCond,
+        uncond: &ScheduledCond,
+        noise: &Tensor,
+        fresh_noise: &mut NoiseFn<'_>,
+        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
+    ) -> Result<Tensor, EngineError> {
         if settings.steps == 0 || settings.steps > self.schedule.len() {
             return Err(EngineError::param(
                 "steps",
@@ -275,18 +430,40 @@ impl Pipeline {
                 format!("1 to {}", self.schedule.len()),
             ));
         }
-        // Batch order [uncond, cond], as diffusers and A1111 stack them.
-        let context = Tensor::cat(&[uncond, cond], 0)?;
+        if cond.is_empty() || uncond.is_empty() {
+            return Err(EngineError::param(
+                "prompt",
+                "(no embeddings)",
+                "at least one schedule entry",
+            ));
+        }
         let cfg = settings.cfg_scale;
         let last_unet_out: RefCell<Option<Tensor>> = RefCell::new(None);
+        let calls = std::cell::Cell::new(0usize);
+        let cond_ends: Vec<usize> = cond.iter().map(|(end, _)| *end).collect();
+        let uncond_ends: Vec<usize> = uncond.iter().map(|(end, _)| *end).collect();
 
-        // Guided epsilon for a model input that is already scaled for the UNet.
+        // Guided model output for a model input already scaled for the UNet. A1111 counts
+        // model calls to pick each prompt's scheduled embedding.
         let guided_eps = |model_input: &Tensor, timestep: f64| -> Result<Tensor, EngineError> {
-            let batch = Tensor::cat(&[model_input, model_input], 0)?;
-            let out = self.unet.forward(&batch, timestep, &context)?;
-            let eps_uncond = out.i(0..1)?;
-            let eps_cond = out.i(1..2)?;
-            let guided = (&eps_uncond + ((&eps_cond - &eps_uncond)?.affine(cfg as f64, 0.0))?)?;
+            let call = calls.get();
+            calls.set(call + 1);
+            let c = &cond[conditioning::entry_for_call(&cond_ends, call)].1;
+            let u = &uncond[conditioning::entry_for_call(&uncond_ends, call)].1;
+            // Batch order [uncond, cond], as diffusers stacks them; prompts of different
+            // chunk counts run as two batches, as A1111 does without padding.
+            let out = if c.dim(1)? == u.dim(1)? {
+                let context = Tensor::cat(&[u, c], 0)?;
+                let batch = Tensor::cat(&[model_input, model_input], 0)?;
+                self.unet.forward(&batch, timestep, &context)?
+            } else {
+                let out_u = self.unet.forward(model_input, timestep, u)?;
+                let out_c = self.unet.forward(model_input, timestep, c)?;
+                Tensor::cat(&[out_u, out_c], 0)?
+            };
+            let out_uncond = out.i(0..1)?;
+            let out_cond = out.i(1..2)?;
+            let guided = (&out_uncond + ((&out_cond - &out_uncond)?.affine(cfg as f64, 0.0))?)?;
             *last_unet_out.borrow_mut() = Some(out);
             Ok(guided)
         };
@@ -325,8 +502,15 @@ impl Pipeline {
                         sampler::a1111_ddim_timesteps(self.schedule.len(), settings.steps)
                     }
                 };
+                let ac = self.schedule.alphas_cumprod();
                 let mut eps_model = |x: &Tensor, t: usize| -> Result<Tensor, EngineError> {
-                    guided_eps(x, t as f64)
+                    let out = guided_eps(x, t as f64)?;
+                    match self.prediction {
+                        Prediction::Epsilon => Ok(out),
+                        // eps = sqrt(a) * v + sqrt(1 - a) * x
+                        Prediction::V => Ok((out.affine(ac[t].sqrt() as f64, 0.0)?
+                            + x.affine((1.0 - ac[t]).sqrt() as f64, 0.0)?)?),
+                    }
                 };
                 sampler::sample_ddim(
                     &mut eps_model,
@@ -342,8 +526,10 @@ impl Pipeline {
         }
     }
 
-    /// A k-diffusion sampler over the model wrapped as k-diffusion's `CompVisDenoiser`:
-    /// `D(x, s) = x - s * eps(x * c_in, t(s))` with `c_in = 1 / sqrt(s^2 + 1)`.
+    /// A k-diffusion sampler over the model wrapped as k-diffusion's `CompVisDenoiser`
+    /// (`D(x, s) = x - s * eps(x * c_in, t(s))`) or `CompVisVDenoiser`
+    /// (`D(x, s) = x / (s^2 + 1) - s / sqrt(s^2 + 1) * v(x * c_in, t(s))`), with
+    /// `c_in = 1 / sqrt(s^2 + 1)`.
     #[allow(clippy::too_many_arguments)]
     fn run_kdiffusion(
         &self,
@@ -358,8 +544,16 @@ impl Pipeline {
         let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor, EngineError> {
             let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
             let t = self.schedule.sigma_to_t(sigma) as f64;
-            let eps = guided_eps(&x.affine(c_in as f64, 0.0)?, t)?;
-            Ok((x + eps.affine(-sigma as f64, 0.0)?)?)
+            let out = guided_eps(&x.affine(c_in as f64, 0.0)?, t)?;
+            match self.prediction {
+                Prediction::Epsilon => Ok((x + out.affine(-sigma as f64, 0.0)?)?),
+                Prediction::V => {
+                    let s2 = sigma * sigma + 1.0;
+                    let c_skip = 1.0 / s2;
+                    let c_out = -sigma / s2.sqrt();
+                    Ok((x.affine(c_skip as f64, 0.0)? + out.affine(c_out as f64, 0.0)?)?)
+                }
+            }
         };
         let options = settings.options.kdiffusion(settings.sampler);
         kdiffusion::sample(
@@ -380,6 +574,16 @@ impl Pipeline {
         let scaled = latents.broadcast_div(&factor)?;
         Ok(self.vae.decode(&scaled)?)
     }
+}
+
+/// A1111's "Original" emphasis on one chunk `[1, 77, dim]`: `z * w`, rescaled so the mean of
+/// the whole chunk stays what it was.
+fn emphasize(z: &Tensor, multipliers: &[f32]) -> Result<Tensor, EngineError> {
+    let original_mean = z.mean_all()?.to_scalar::<f32>()?;
+    let w = Tensor::from_slice(multipliers, (1, multipliers.len(), 1), z.device())?;
+    let weighted = z.broadcast_mul(&w)?;
+    let new_mean = weighted.mean_all()?.to_scalar::<f32>()?;
+    Ok(weighted.affine((original_mean / new_mean) as f64, 0.0)?)
 }
 
 /// Converts a decoded `[1, 3, H, W]` image in [-1, 1] to row-major RGB8:
@@ -407,4 +611,35 @@ pub fn decoded_to_rgb8(decoded: &Tensor) -> Result<(u32, u32, Vec<u8>), EngineEr
         })
         .collect();
     Ok((width as u32, height as u32, rgb))
+}
+
+/// One network's weights for [`Pipeline::from_parts`].
+pub struct PartWeights<'a> {
+    pub vb: VarBuilder<'a>,
+    /// The file the tensors came from, named in errors.
+    pub source: PathBuf,
+    /// Which network of that file ("unet", "vae", "text encoder"), for single-file models.
+    pub label: &'static str,
+}
+
+impl PartWeights<'_> {
+    fn error(&self, e: candle_core::Error) -> EngineError {
+        EngineError::invalid_model(&self.source, format!("{}: {e}", self.label))
+    }
+}
+
+/// Everything a [`Pipeline`] is made of, however the weights were stored.
+pub struct PipelineParts<'a> {
+    /// Where the model came from: reported by [`Pipeline::dir`].
+    pub origin: PathBuf,
+    pub tokenizer: PromptTokenizer,
+    pub clip_config: candle_transformers::models::clip::text_model::ClipTextConfig,
+    pub clip_layer_norm_eps: f64,
+    pub clip: PartWeights<'a>,
+    pub unet_settings: config::UNetSettings,
+    pub unet: PartWeights<'a>,
+    pub vae_settings: VaeSettings,
+    pub vae: PartWeights<'a>,
+    pub schedule: DiscreteSchedule,
+    pub prediction: Prediction,
 }

@@ -269,6 +269,19 @@ impl Sampler {
         })
     }
 
+    /// A1111's `second_order` option: two model calls per step, so prompt-editing schedules
+    /// are laid out over twice the steps.
+    pub fn second_order(self) -> bool {
+        matches!(
+            self,
+            Sampler::DpmppSde
+                | Sampler::Dpmpp2sAncestral
+                | Sampler::Heun
+                | Sampler::Dpm2
+                | Sampler::Dpm2Ancestral
+        )
+    }
+
     /// Whether the k-diffusion function takes `eta` (A1111 passes `eta_ancestral`, default 1,
     /// only to those).
     pub fn takes_eta(self) -> bool {

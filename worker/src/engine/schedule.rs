@@ -138,9 +138,9 @@ impl DiscreteSchedule {
         }
     }
 
-    /// Reads `beta_start`, `beta_end`, `beta_schedule`, `num_train_timesteps` and
-    /// `prediction_type` from a diffusers `scheduler_config.json` value. Missing keys take the
-    /// SD 1.x defaults; only epsilon prediction is implemented.
+    /// Reads `beta_start`, `beta_end`, `beta_schedule`, `num_train_timesteps`
+    /// from a diffusers `scheduler_config.json` value. Missing keys take the SD 1.x defaults;
+    /// the prediction type is the pipeline's business.
     pub fn from_diffusers_config(config: &serde_json::Value) -> Result<Self, EngineError> {
         let num =
             |key: &str, default: f64| config.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
@@ -152,14 +152,6 @@ impl DiscreteSchedule {
                 what: format!("scheduler num_train_timesteps = {steps}"),
                 hint: "expected a training schedule of 2..=100000 steps (SD uses 1000)".into(),
             });
-        }
-        if let Some(prediction) = config.get("prediction_type").and_then(|v| v.as_str()) {
-            if prediction != "epsilon" {
-                return Err(EngineError::Unsupported {
-                    what: format!("prediction_type {prediction:?}"),
-                    hint: "only epsilon-prediction models (SD 1.x) render for now".into(),
-                });
-            }
         }
         match config
             .get("beta_schedule")

@@ -90,6 +90,21 @@ impl PromptTokenizer {
         Ok(ids)
     }
 
+    /// Token ids of a prompt fragment without start/end tokens and without truncation, as
+    /// A1111 tokenizes each attention fragment.
+    pub fn tokenize_fragment(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(format!("cannot tokenize prompt {text:?}: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of `,` as a word (A1111 moves text after a nearby comma into the next chunk).
+    pub fn comma_id(&self) -> Option<u32> {
+        self.inner.token_to_id(",</w>")
+    }
+
     /// Exactly 77 ids: start token, prompt tokens, end token, padding.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         let mut ids = self.encode_unpadded(text)?;
