@@ -58,7 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let coord_task = tokio::spawn(sdfarm_coordinator::run(
         listener,
         None,
-        coordinator,
+        coordinator.clone(),
         async {
             let _ = coord_stopped.await;
         },
@@ -103,6 +103,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if finished.state != sdfarm_proto::v1::JobState::Succeeded as i32 {
         jobs::print_task_errors(&mut client, &finished.id).await;
     }
+    // The coordinator composes grids as the last image lands; make sure they are written
+    // before the embedded farm stops (a no-op when they already are).
+    if let Err(err) = coordinator.compose_grids(&finished.id).await {
+        eprintln!("grids: {err}");
+    }
     let _ = stop_worker.send(());
     if let Ok(Err(err)) = worker_task.await {
         eprintln!("worker: {err}");
@@ -140,7 +145,7 @@ pub struct PlanArgs {
 pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.sweep)
         .with_context(|| format!("reading sweep file {}", args.sweep.display()))?;
-    let spec = parse_sweep_file(&args.sweep, &text)?;
+    let spec = parse_sweep_file(&args.sweep, &text)?.resolved();
     let seed = expand::resolve_seed(spec.base.seed);
     if args.json {
         for line in expand::plan_json_lines(&spec, seed) {
@@ -164,7 +169,14 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
                 p.prompt
             );
         }
-        println!("{images} images, checkpoint {}", spec.base.model);
+        let summary = expand::plan_summary(&spec);
+        println!(
+            "{} cells, {images} images ({} per cell), {} checkpoint switches",
+            summary.cells, summary.images_per_cell, summary.checkpoint_switches
+        );
+        for (model, n) in &summary.images_per_checkpoint {
+            println!("  {n} images with checkpoint {model}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,10 @@ pub enum Error {
     UnknownWorker(String),
     #[error("sweep expands to {count} images, more than this coordinator's limit of {limit} (--max-images)")]
     TooManyImages { count: u64, limit: u64 },
+    #[error("sweep expands to {count} cells, more than this coordinator's limit of {limit} (--max-cells)")]
+    TooManyCells { count: u64, limit: u64 },
+    #[error("grids: {0}")]
+    Grid(#[from] crate::grid::GridError),
     #[error("{0}")]
     InvalidArgument(String),
 }
@@ -25,10 +29,14 @@ impl From<Error> for tonic::Status {
     fn from(err: Error) -> tonic::Status {
         use tonic::Code;
         let code = match &err {
-            Error::Spec(_) | Error::TooManyImages { .. } | Error::InvalidArgument(_) => {
+            Error::Spec(_)
+            | Error::TooManyImages { .. }
+            | Error::TooManyCells { .. }
+            | Error::InvalidArgument(_) => {
                 Code::InvalidArgument
             }
             Error::ProtocolMismatch { .. } => Code::FailedPrecondition,
+            Error::Grid(_) => Code::Unavailable,
             Error::UnknownWorker(_) => Code::Unauthenticated,
             Error::Store(StoreError::JobNotFound(_)) => Code::NotFound,
             // The worker lost its lease: its result is not accepted, and it must not retry.

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod expand;
+pub mod grid;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -39,6 +40,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), ServeError> {
     let rescuer = tokio::spawn(coordinator.clone().rescue_loop());
+    let grids = tokio::spawn(coordinator.clone().grid_loop());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|listener| {
         let mut stop = stop_rx.clone();
@@ -60,6 +62,7 @@ pub async fn run(
         .await;
     let _ = stop_tx.send(true);
     rescuer.abort();
+    grids.abort();
     if let Some(task) = http_task {
         let _ = task.await;
     }

@@ -34,6 +34,8 @@ pub struct CoordinatorConfig {
     pub retry: RetryPolicy,
     /// Largest sweep accepted, in images; larger ones are refused with the count.
     pub max_images: u64,
+    /// Largest sweep accepted, in cells (X/Y/Z combinations, matrix prompts).
+    pub max_cells: u64,
     /// Upper bound on a worker's long-poll, whatever it asks for.
     pub max_lease_wait: Duration,
     /// Pool of sweeps that name none.
@@ -51,6 +53,7 @@ impl Default for CoordinatorConfig {
             rescue_interval: Duration::from_secs(2),
             retry: RetryPolicy::default(),
             max_images: 10_000_000,
+            max_cells: 1_000_000,
             max_lease_wait: Duration::from_secs(30),
             default_pool: DEFAULT_POOL.into(),
             tasks_per_worker: 1,
@@ -67,6 +70,8 @@ pub struct Coordinator {
     work_ready: Notify,
     workers: Workers,
     metrics: Metrics,
+    /// Jobs whose grids are still to be composed (see `grid::job`).
+    pub(crate) grids: crate::grid::GridQueue,
 }
 
 /// How often a waiting lease re-checks the store even without a wake-up: work can appear
@@ -83,6 +88,7 @@ impl Coordinator {
             work_ready: Notify::new(),
             workers: Workers::default(),
             metrics: Metrics::new(),
+            grids: crate::grid::GridQueue::default(),
         }
     }
 
@@ -140,7 +146,14 @@ impl Coordinator {
                 ))
             })?
         };
-        let spec = spec::parse_sweep(sweep, format)?;
+        let spec = spec::parse_sweep(sweep, format)?.resolved();
+        let cells = expand::cell_count(&spec);
+        if cells > self.config.max_cells {
+            return Err(Error::TooManyCells {
+                count: cells,
+                limit: self.config.max_cells,
+            });
+        }
         let count = expand::image_count(&spec);
         if count > self.config.max_images {
             return Err(Error::TooManyImages {
@@ -148,6 +161,8 @@ impl Coordinator {
                 limit: self.config.max_images,
             });
         }
+        // Already drawn by `resolved()`, except with "Keep -1 for seeds", where this only
+        // seeds the per-cell draws.
         let seed = expand::resolve_seed(spec.base.seed);
         let id = uuid::Uuid::new_v4().to_string();
         let name = spec
@@ -159,13 +174,15 @@ impl Coordinator {
             .pool
             .clone()
             .unwrap_or_else(|| self.config.default_pool.clone());
-        let tasks: Vec<NewTask> = expand::expand(&spec, seed)
-            .map(|img| NewTask {
-                output_key: expand::output_key(&id, img.image_index, img.params.seed),
-                image_index: img.image_index,
-                params: img.params,
-            })
-            .collect();
+        let grid_plan = crate::grid::GridPlan::for_sweep(&expand::Cells::new(&spec, seed));
+        if let Some(plan) = &grid_plan {
+            self.save_grid_plan(&id, plan).await?;
+        }
+        let mut tasks = expand::expand(&spec, seed).map(|img| NewTask {
+            output_key: expand::output_key(&id, img.image_index, img.params.seed),
+            image_index: img.image_index,
+            params: img.params,
+        });
         let job = NewJob {
             id: id.clone(),
             name,
@@ -175,11 +192,15 @@ impl Coordinator {
             priority: spec.priority,
             pool,
         };
-        self.store
-            .create_job(&job, &tasks, self.clock.now_ms())
+        let stored = self
+            .store
+            .create_job_streaming(&job, &mut tasks, self.clock.now_ms())
             .await?;
-        self.metrics.submitted(&job.pool, tasks.len());
-        tracing::info!(job_id = %id, images = tasks.len(), pool = %job.pool, "job submitted");
+        if grid_plan.is_some() {
+            self.await_grids(&id);
+        }
+        self.metrics.submitted(&job.pool, stored as usize);
+        tracing::info!(job_id = %id, cells, images = stored, pool = %job.pool, "job submitted");
         self.work_ready.notify_waiters();
         self.events.publish(Event::JobChanged(Some(id.clone())));
         Ok(self.store.get_job(&id).await?)
@@ -312,6 +333,7 @@ impl Coordinator {
             .complete(task_id, worker_id, &output, self.clock.now_ms())
             .await?;
         self.workers.released(worker_id);
+        self.grids.poke();
         let pool = self.workers.pool_of(worker_id);
         self.metrics
             .completed(pool.as_deref().unwrap_or("unknown"), &report);

@@ -8,10 +8,7 @@ use crate::spec::values::{csv_list, float_values, int_values};
 use crate::spec::{parse_sweep, SweepFormat};
 
 fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/fixtures/a1111/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/a1111/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
 }
 
@@ -24,7 +21,8 @@ fn toml_str(s: &str) -> String {
 }
 
 fn xyz_sweep(base: &str, axes: &[(&str, &str, &str)], extra: &str) -> SweepSpec {
-    let mut text = format!("model = \"builtin:tiny-sd\"\nwidth = 64\nheight = 64\n{base}\n[xyz]\n{extra}\n");
+    let mut text =
+        format!("model = \"builtin:tiny-sd\"\nwidth = 64\nheight = 64\n{base}\n[xyz]\n{extra}\n");
     for (name, ty, values) in axes {
         text += &format!(
             "{name} = {{ type = {}, values = {} }}\n",
@@ -69,9 +67,14 @@ fn prompt_search_and_replace_matches_a1111() {
             toml_str(values)
         );
         if case["expected"].is_null() {
-            let err = parse_sweep(&text, SweepFormat::Toml).unwrap_err().to_string();
+            let err = parse_sweep(&text, SweepFormat::Toml)
+                .unwrap_err()
+                .to_string();
             let search = case["values"][0].as_str().unwrap();
-            assert!(err.contains("did not find") && err.contains(search), "{err}");
+            assert!(
+                err.contains("did not find") && err.contains(search),
+                "{err}"
+            );
             assert!(err.contains("Prompt S/R") && err.contains("xyz.x"), "{err}");
             continue;
         }
@@ -100,8 +103,14 @@ fn prompt_order_matches_a1111_including_missing_tokens() {
         let expected = case["expected"].as_array().unwrap();
         assert_eq!(cells.len(), expected.len() as u64);
         for (i, want) in expected.iter().enumerate() {
-            assert_eq!(cells.cell(i as u64).params.prompt, want["prompt"].as_str().unwrap());
-            assert_eq!(axis.def.label_of(&axis.values[i]), want["label"].as_str().unwrap());
+            assert_eq!(
+                cells.cell(i as u64).params.prompt,
+                want["prompt"].as_str().unwrap()
+            );
+            assert_eq!(
+                axis.def.label_of(&axis.values[i]),
+                want["label"].as_str().unwrap()
+            );
         }
     }
 }
@@ -112,7 +121,11 @@ fn labels_match_a1111() {
     for case in misc["labels"].as_array().unwrap() {
         let spec = xyz_sweep(
             "prompt = \"a cat\"",
-            &[("x", case["axis"].as_str().unwrap(), case["values_text"].as_str().unwrap())],
+            &[(
+                "x",
+                case["axis"].as_str().unwrap(),
+                case["values_text"].as_str().unwrap(),
+            )],
             "",
         );
         let axis = &spec.xyz.as_ref().unwrap().axes[0];
@@ -150,7 +163,11 @@ fn vary_seeds_match_a1111() {
             let cell = cells.cell(pos);
             let [x, y, z] = cell.coords.unwrap();
             let key = format!("{x},{y},{z}");
-            assert_eq!(cell.params.seed, want[&key].as_i64().unwrap(), "{key} in {case}");
+            assert_eq!(
+                cell.params.seed,
+                want[&key].as_i64().unwrap(),
+                "{key} in {case}"
+            );
         }
     }
 }
@@ -165,8 +182,14 @@ fn processing_order_matches_a1111() {
         let name = |i: usize| ["x", "y", "z"][i];
         assert_eq!(name(order[0]), case["first_axis"].as_str().unwrap());
         assert_eq!(name(order[1]), case["second_axis"].as_str().unwrap());
-        let sizes = [case["nx"].as_u64().unwrap(), case["ny"].as_u64().unwrap(), case["nz"].as_u64().unwrap()];
-        let seq: Vec<[usize; 3]> = (0..sizes.iter().product()).map(|p| coords(order, sizes, p)).collect();
+        let sizes = [
+            case["nx"].as_u64().unwrap(),
+            case["ny"].as_u64().unwrap(),
+            case["nz"].as_u64().unwrap(),
+        ];
+        let seq: Vec<[usize; 3]> = (0..sizes.iter().product())
+            .map(|p| coords(order, sizes, p))
+            .collect();
         let want: Vec<[usize; 3]> =
             serde_json::from_value(case["expected_cell_sequence_ix_iy_iz"].clone()).unwrap();
         assert_eq!(seq, want, "{}", case["description"]);
@@ -179,16 +202,31 @@ fn checkpoint_axis_is_processed_outermost_and_counted() {
         "",
         &[
             ("x", "Steps", "1-2"),
-            ("y", "Checkpoint name", "builtin:tiny-sd, /models/a/b.safetensors"),
+            (
+                "y",
+                "Checkpoint name",
+                "builtin:tiny-sd, /models/a/b.safetensors",
+            ),
         ],
         "",
     );
     let cells = Cells::new(&spec, 5);
     let models: Vec<&str> = (0..4).map(|p| cells.model_of(p)).collect();
-    assert_eq!(models, ["builtin:tiny-sd", "builtin:tiny-sd", "/models/a/b.safetensors", "/models/a/b.safetensors"]);
+    assert_eq!(
+        models,
+        [
+            "builtin:tiny-sd",
+            "builtin:tiny-sd",
+            "/models/a/b.safetensors",
+            "/models/a/b.safetensors"
+        ]
+    );
     let summary = plan_summary(&spec);
     assert_eq!(summary.checkpoint_switches, 1);
-    assert_eq!(summary.images_per_checkpoint[1], ("/models/a/b.safetensors".to_string(), 2));
+    assert_eq!(
+        summary.images_per_checkpoint[1],
+        ("/models/a/b.safetensors".to_string(), 2)
+    );
     let axis = &spec.xyz.as_ref().unwrap().axes[1];
     assert_eq!(axis.def.label_of(&axis.values[1]), "b.safetensors");
 }
@@ -223,7 +261,10 @@ fn prompt_matrix_options_for_unseen_cases() {
         "model = \"builtin:tiny-sd\"\nprompt = \"a\"\nnegative_prompt = \"base| red ,| blue\"\nseed = 7\nbatch_size = 2\n[prompt_matrix]\nprompt_type = \"negative\"\nput_variable_parts_at_start = true\ndifferent_seeds = true\nvariations_delimiter = \"space\"\n",
     );
     let images: Vec<PlannedImage> = expand(&spec, 7).collect();
-    let neg: Vec<&str> = images.iter().map(|i| i.params.negative_prompt.as_str()).collect();
+    let neg: Vec<&str> = images
+        .iter()
+        .map(|i| i.params.negative_prompt.as_str())
+        .collect();
     // " red ," strips to "red ," and then, commas only, to "red ": the space stays, as in A1111.
     assert_eq!(neg, ["base", "red  base", "blue base", "red  blue base"]);
     assert!(images.iter().all(|i| i.params.prompt == "a"));
@@ -236,11 +277,27 @@ fn prompt_matrix_options_for_unseen_cases() {
 #[test]
 fn axis_errors_name_the_axis_and_the_value() {
     let cases = [
-        ("Stepz", "1-3", "is not an A1111 X/Y/Z axis; did you mean \"Steps\"?"),
-        ("Steps", "1-10 (2)", "invalid literal for int() with base 10: '1-10 (2)'"),
-        ("CFG Scale", "1e-3", "could not convert string to float: '1e'"),
+        (
+            "Stepz",
+            "1-3",
+            "is not an A1111 X/Y/Z axis; did you mean \"Steps\"?",
+        ),
+        (
+            "Steps",
+            "1-10 (2)",
+            "invalid literal for int() with base 10: '1-10 (2)'",
+        ),
+        (
+            "CFG Scale",
+            "1e-3",
+            "could not convert string to float: '1e'",
+        ),
         ("Size", "512x", "value \"512x\" has no height"),
-        ("Sampler", "Euler, Eular b", "value \"Eular b\" is not an A1111 sampler"),
+        (
+            "Sampler",
+            "Euler, Eular b",
+            "value \"Eular b\" is not an A1111 sampler",
+        ),
         ("Steps", "0-2", "value 0 is out of range"),
         ("RNG source", "GPU", "value \"GPU\" is not a noise source"),
         ("Image CFG Scale", "1", "applies to img2img only"),
@@ -251,7 +308,9 @@ fn axis_errors_name_the_axis_and_the_value() {
             toml_str(ty),
             toml_str(values)
         );
-        let err = parse_sweep(&text, SweepFormat::Toml).unwrap_err().to_string();
+        let err = parse_sweep(&text, SweepFormat::Toml)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(fragment), "{ty}={values}: {err}");
         assert!(err.contains("line 4") && err.contains("xyz.y"), "{err}");
     }
@@ -261,11 +320,18 @@ fn axis_errors_name_the_axis_and_the_value() {
 fn million_cell_sweep_stays_lazy() {
     let spec = xyz_sweep(
         "steps = 2",
-        &[("x", "Seed", "1-100"), ("y", "CFG Scale", "1-100"), ("z", "Eta", "0-1 [100]")],
+        &[
+            ("x", "Seed", "1-100"),
+            ("y", "CFG Scale", "1-100"),
+            ("z", "Eta", "0-1 [100]"),
+        ],
         "",
     );
     assert_eq!(cell_count(&spec), 1_000_000);
     let last = expand(&spec, 1).nth(999_999).unwrap();
-    assert_eq!((last.params.seed, last.params.cfg_scale, last.params.eta), (100, 100.0, 1.0));
+    assert_eq!(
+        (last.params.seed, last.params.cfg_scale, last.params.eta),
+        (100, 100.0, 1.0)
+    );
     assert_eq!(last.cell_index, 999_999);
 }

@@ -112,11 +112,10 @@ impl<'a> Cells<'a> {
             Kind::Single
         };
         let uses_subseed = spec.base.subseed_strength != 0.0
-            || spec.xyz.as_ref().is_some_and(|x| {
-                x.axes
-                    .iter()
-                    .any(|a| a.def.field == Field::SubseedStrength)
-            });
+            || spec
+                .xyz
+                .as_ref()
+                .is_some_and(|x| x.axes.iter().any(|a| a.def.field == Field::SubseedStrength));
         let subseed = if !uses_subseed {
             0
         } else if keep {
@@ -178,8 +177,7 @@ impl<'a> Cells<'a> {
     }
 
     fn random(&self, pos: u64, salt: u64) -> i64 {
-        (mix(self.nonce, pos.wrapping_mul(2).wrapping_add(salt)) % RANDOM_SEED_BOUND as u64)
-            as i64
+        (mix(self.nonce, pos.wrapping_mul(2).wrapping_add(salt)) % RANDOM_SEED_BOUND as u64) as i64
     }
 
     /// The cell at processing position `pos` (`pos < len()`).

@@ -1,8 +1,8 @@
 //! Expansion of plain sweeps: seeds, batches, laziness and plan lines.
 
 use super::*;
-use serde_json::{json, Value};
 use crate::spec::{parse_sweep, SweepFormat};
+use serde_json::{json, Value};
 
 fn spec(extra: &str) -> SweepSpec {
     parse_sweep(
@@ -93,8 +93,8 @@ fn plan_lists_cells_then_summary() {
     assert_eq!(
         lines[1],
         json!({"summary": {
-        "cells": 1, "images": 4, "images_per_cell": 4, "checkpoints": ["builtin:tiny-sd"],
-        "images_per_checkpoint": {"builtin:tiny-sd": 4}, "checkpoint_switches": 0
-    }})
+            "cells": 1, "images": 4, "images_per_cell": 4, "checkpoints": ["builtin:tiny-sd"],
+            "images_per_checkpoint": {"builtin:tiny-sd": 4}, "checkpoint_switches": 0
+        }})
     );
 }

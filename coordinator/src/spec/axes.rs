@@ -138,7 +138,11 @@ pub static AXES: &[AxisDef] = &[
     axis("Hires upscaler", Str, F::HiresUpscaler),
     with(axis("VAE", Str, F::Vae), Format::WithLabel, 0.7),
     axis("Styles", Str, F::Styles),
-    with(axis("UniPC Order", Int, F::UniPcOrder), Format::WithLabel, 0.5),
+    with(
+        axis("UniPC Order", Int, F::UniPcOrder),
+        Format::WithLabel,
+        0.5,
+    ),
     with(
         axis("Refiner checkpoint", Str, F::Refiner),
         Format::Basename,
@@ -154,10 +158,19 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
     ("Image CFG Scale", "applies to img2img only"),
     ("Cond. Image Mask Weight", "applies to img2img only"),
     ("Face restore", "face restoration is not part of sdfarm"),
-    ("Negative Guidance minimum sigma", "is not supported by sdfarm yet"),
+    (
+        "Negative Guidance minimum sigma",
+        "is not supported by sdfarm yet",
+    ),
     ("Token merging ratio", "is not supported by sdfarm yet"),
-    ("Token merging ratio high-res", "is not supported by sdfarm yet"),
-    ("Always discard next-to-last sigma", "is not supported by sdfarm yet"),
+    (
+        "Token merging ratio high-res",
+        "is not supported by sdfarm yet",
+    ),
+    (
+        "Always discard next-to-last sigma",
+        "is not supported by sdfarm yet",
+    ),
     ("SGM noise multiplier", "is not supported by sdfarm yet"),
     ("FP8 mode", "is not supported by sdfarm yet"),
     ("Beta schedule alpha", "is not supported by sdfarm yet"),
@@ -167,7 +180,10 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
 
 /// Finds an axis by its A1111 name (case-insensitive), or says why it cannot be used.
 pub fn find_axis(name: &str) -> Result<&'static AxisDef, String> {
-    if let Some(a) = AXES.iter().find(|a| a.label.eq_ignore_ascii_case(name.trim())) {
+    if let Some(a) = AXES
+        .iter()
+        .find(|a| a.label.eq_ignore_ascii_case(name.trim()))
+    {
         return Ok(a);
     }
     if let Some((n, why)) = NOT_SUPPORTED
@@ -311,14 +327,14 @@ impl AxisDef {
                         bad(&format!("is not an A1111 sampler{hint}"))
                     })
             }
-            (F::Scheduler, AxisValue::Str(s)) => scheduler_label(s).map(|_| ()).ok_or(()).or_else(
-                |_| {
+            (F::Scheduler, AxisValue::Str(s)) => {
+                scheduler_label(s).map(|_| ()).ok_or(()).or_else(|_| {
                     bad(&format!(
                         "is not an A1111 schedule type (accepted: {})",
                         samplers::scheduler_labels().collect::<Vec<_>>().join(", ")
                     ))
-                },
-            ),
+                })
+            }
             (F::Checkpoint, AxisValue::Str(s)) => {
                 if s.is_empty() {
                     bad("is empty (accepted: a model path or \"builtin:tiny-sd\")")
@@ -560,7 +576,9 @@ mod tests {
     #[test]
     fn unknown_and_img2img_axes() {
         assert!(find_axis("Stpes").unwrap_err().contains("\"Steps\""));
-        assert!(find_axis("Image CFG Scale").unwrap_err().contains("img2img"));
+        assert!(find_axis("Image CFG Scale")
+            .unwrap_err()
+            .contains("img2img"));
         assert_eq!(find_axis("cfg scale").unwrap().label, "CFG Scale");
     }
 }

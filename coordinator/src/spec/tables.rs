@@ -125,7 +125,10 @@ pub(super) fn xyz(e: &Entry, base: &RenderParams) -> Result<XyzSpec> {
         draw_legend: true,
         margin_size: 0,
     };
-    let entries = table(e, "a table such as { x = { type = \"Steps\", values = \"10-30 (+10)\" } }")?;
+    let entries = table(
+        e,
+        "a table such as { x = { type = \"Steps\", values = \"10-30 (+10)\" } }",
+    )?;
     for item in entries.iter().filter(|i| !matches!(i.value, Raw::Null)) {
         let r = match item.key.as_str() {
             k @ ("x" | "y" | "z") => {
@@ -137,9 +140,7 @@ pub(super) fn xyz(e: &Entry, base: &RenderParams) -> Result<XyzSpec> {
             "include_sub_images" => boolean(item).map(|b| spec.include_sub_images = b),
             "include_sub_grids" => boolean(item).map(|b| spec.include_sub_grids = b),
             "draw_legend" => boolean(item).map(|b| spec.draw_legend = b),
-            "margin_size" => {
-                super::int_in(item, MARGIN_RANGE).map(|m| spec.margin_size = m as u32)
-            }
+            "margin_size" => super::int_in(item, MARGIN_RANGE).map(|m| spec.margin_size = m as u32),
             _ => Err(unknown(item, "xyz", XYZ_KEYS)),
         };
         r.map_err(|err| named(err, "xyz"))?;
@@ -154,7 +155,12 @@ fn vary_seeds(e: &Entry) -> Result<[bool; 3]> {
             "x" => 0,
             "y" => 1,
             "z" => 2,
-            _ => return Err(named(unknown(item, "xyz.vary_seeds", &["x", "y", "z"]), "vary_seeds")),
+            _ => {
+                return Err(named(
+                    unknown(item, "xyz.vary_seeds", &["x", "y", "z"]),
+                    "vary_seeds",
+                ))
+            }
         };
         out[i] = boolean(item).map_err(|err| named(err, "vary_seeds"))?;
     }
@@ -181,7 +187,12 @@ fn axis(e: &Entry, name: &str, base: &RenderParams) -> Result<Axis> {
     let type_name = super::string(type_entry, "an A1111 axis name").map_err(|e| named(e, name))?;
     let def = find_axis(&type_name).map_err(|problem| {
         named(
-            SpecError::at(SpecErrorKind::InvalidValue, type_entry, problem, axis_names()),
+            SpecError::at(
+                SpecErrorKind::InvalidValue,
+                type_entry,
+                problem,
+                axis_names(),
+            ),
             name,
         )
     })?;
@@ -237,8 +248,12 @@ fn axis(e: &Entry, name: &str, base: &RenderParams) -> Result<Axis> {
 fn accepted_values(def: &AxisDef) -> String {
     use super::axes::ValueType;
     match def.value_type {
-        ValueType::Int => "comma-separated integers and ranges: 1, 2, 5-8, 1-10 (+2), 10-1 (-3), 1-10 [5]".into(),
-        ValueType::Float => "comma-separated numbers and ranges: 7, 7.5, 1-2 (+0.5), 1-2 [5]".into(),
+        ValueType::Int => {
+            "comma-separated integers and ranges: 1, 2, 5-8, 1-10 (+2), 10-1 (-3), 1-10 [5]".into()
+        }
+        ValueType::Float => {
+            "comma-separated numbers and ranges: 7, 7.5, 1-2 (+0.5), 1-2 [5]".into()
+        }
         _ => "comma-separated text; quote a value that holds a comma: \"a, b\", c".into(),
     }
 }
@@ -281,7 +296,8 @@ pub(super) fn prompt_matrix(e: &Entry, base: &RenderParams) -> Result<PromptMatr
                     "\"positive\" or \"negative\"",
                 )),
             },
-            "variations_delimiter" => match super::string(item, "\"comma\" or \"space\"")?.as_str() {
+            "variations_delimiter" => match super::string(item, "\"comma\" or \"space\"")?.as_str()
+            {
                 "comma" => Ok(spec.delimiter = ", "),
                 "space" => Ok(spec.delimiter = " "),
                 _ => Err(SpecError::at(
@@ -291,9 +307,7 @@ pub(super) fn prompt_matrix(e: &Entry, base: &RenderParams) -> Result<PromptMatr
                     "\"comma\" or \"space\"",
                 )),
             },
-            "margin_size" => {
-                super::int_in(item, MARGIN_RANGE).map(|m| spec.margin_size = m as u32)
-            }
+            "margin_size" => super::int_in(item, MARGIN_RANGE).map(|m| spec.margin_size = m as u32),
             _ => Err(unknown(item, "prompt_matrix", MATRIX_KEYS)),
         };
         r.map_err(|err| named(err, "prompt_matrix"))?;
@@ -307,9 +321,7 @@ pub(super) fn prompt_matrix(e: &Entry, base: &RenderParams) -> Result<PromptMatr
         return Err(SpecError::at(
             SpecErrorKind::InvalidValue,
             e,
-            format!(
-                "varies `{key}` in {variable} parts, which makes 2^{variable} prompts"
-            ),
+            format!("varies `{key}` in {variable} parts, which makes 2^{variable} prompts"),
             format!("at most {MAX_MATRIX_PARTS} `|`-separated variable parts"),
         ));
     }

@@ -152,10 +152,8 @@ fn without_underscores(s: &str) -> Option<String> {
     let b = s.as_bytes();
     for (i, &c) in b.iter().enumerate() {
         if c == b'_' {
-            let ok = i > 0
-                && i + 1 < b.len()
-                && b[i - 1].is_ascii_digit()
-                && b[i + 1].is_ascii_digit();
+            let ok =
+                i > 0 && i + 1 < b.len() && b[i - 1].is_ascii_digit() && b[i + 1].is_ascii_digit();
             if !ok {
                 return None;
             }
@@ -345,7 +343,10 @@ mod tests {
     fn csv_quoting_and_spaces() {
         assert_eq!(csv_list("a, b ,c"), ["a", "b", "c"]);
         assert_eq!(csv_list("\"a, b\", c"), ["a, b", "c"]);
-        assert_eq!(csv_list("cat, \"dog,wolf\" , bird"), ["cat", "dog,wolf", "bird"]);
+        assert_eq!(
+            csv_list("cat, \"dog,wolf\" , bird"),
+            ["cat", "dog,wolf", "bird"]
+        );
         assert_eq!(csv_list("a,,b,"), ["a", "", "b", ""]);
         assert_eq!(csv_list("say \"\"hi\"\""), ["say \"\"hi\"\""]);
         assert_eq!(csv_list("\"say \"\"hi\"\"\""), ["say \"hi\""]);
@@ -392,6 +393,8 @@ mod tests {
 
     #[test]
     fn huge_ranges_are_refused() {
-        assert!(int_values("1-100000000").unwrap_err().contains("1-100000000"));
+        assert!(int_values("1-100000000")
+            .unwrap_err()
+            .contains("1-100000000"));
     }
 }

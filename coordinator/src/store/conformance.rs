@@ -20,11 +20,13 @@ mod fixtures;
 mod jobs;
 mod leases;
 mod pools;
+mod streaming;
 
 use fixtures::{submit, LEASE, T0};
 use jobs::*;
 use leases::*;
 use pools::*;
+use streaming::*;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -67,6 +69,9 @@ conformance!(
     duplicate_image_index_stores_nothing,
     claim_leases_only_the_workers_pool,
     queue_counts_group_unfinished_tasks,
+    streamed_tasks_read_back_like_created_ones,
+    empty_stream_finishes_the_job,
+    failed_stream_stores_nothing,
 );
 
 async fn on_sqlite<F, Fut>(check: F)

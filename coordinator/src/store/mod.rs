@@ -9,6 +9,7 @@ use sdfarm_proto::RenderParams;
 
 #[cfg(test)]
 mod conformance;
+mod copy;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -268,6 +269,16 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts the job and all its tasks atomically: either the whole sweep is stored or
     /// nothing is.
     async fn create_job(&self, job: &NewJob, tasks: &[NewTask], now: Millis) -> Result<()>;
+
+    /// `create_job` for sweeps too large to hold in memory: tasks are drawn from `tasks` and
+    /// written in batches inside one transaction, so memory stays bounded and a failure
+    /// stores nothing. Returns how many tasks were stored.
+    async fn create_job_streaming(
+        &self,
+        job: &NewJob,
+        tasks: &mut (dyn Iterator<Item = NewTask> + Send),
+        now: Millis,
+    ) -> Result<u64>;
 
     async fn get_job(&self, id: &str) -> Result<JobRecord>;
 

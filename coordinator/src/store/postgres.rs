@@ -66,6 +66,11 @@ const INSERT_TASKS: &str = "INSERT INTO tasks \
      SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4, $8 \
      FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS t(image_index, params, output_key)";
 
+/// Streaming submit: COPY is the fastest way into Postgres and takes rows as they are made.
+const COPY_TASKS: &str = "COPY tasks \
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool) \
+     FROM STDIN";
+
 const LIST_TASKS: &str = concat!(
     "SELECT ",
     task_columns!(),
@@ -261,6 +266,48 @@ impl Store for PostgresStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %job.id))]
+    async fn create_job_streaming(
+        &self,
+        job: &NewJob,
+        tasks: &mut (dyn Iterator<Item = NewTask> + Send),
+        now: Millis,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(INSERT_JOB)
+            .bind(&job.id)
+            .bind(&job.name)
+            .bind(&job.sweep)
+            .bind(&job.output_prefix)
+            .bind(attempts_to_sql(job.max_attempts))
+            .bind(job.priority)
+            .bind(now)
+            .bind(None::<Millis>)
+            .execute(&mut *tx)
+            .await?;
+        let mut copy = tx.copy_in_raw(COPY_TASKS).await?;
+        let mut rows = super::copy::CopyRows::new(job, now);
+        let mut stored = 0u64;
+        for task in tasks {
+            stored += 1;
+            if let Some(chunk) = rows.push(&task) {
+                copy.send(chunk).await?;
+            }
+        }
+        copy.send(rows.finish()).await?;
+        copy.finish().await?;
+        if stored == 0 {
+            // A job with nothing to render is finished the moment it exists.
+            sqlx::query("UPDATE jobs SET finished_at = $2 WHERE id = $1")
+                .bind(&job.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 
     async fn get_job(&self, id: &str) -> Result<JobRecord> {

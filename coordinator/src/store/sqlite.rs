@@ -253,6 +253,52 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn create_job_streaming(
+        &self,
+        job: &NewJob,
+        tasks: &mut (dyn Iterator<Item = NewTask> + Send),
+        now: Millis,
+    ) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(INSERT_JOB)
+            .bind(&job.id)
+            .bind(&job.name)
+            .bind(&job.sweep)
+            .bind(&job.output_prefix)
+            .bind(attempts_to_sql(job.max_attempts))
+            .bind(job.priority)
+            .bind(now)
+            .bind(None::<Millis>)
+            .execute(&mut *tx)
+            .await?;
+        // One prepared statement per row inside one transaction: SQLite's fastest path,
+        // and nothing but the current task is held.
+        let mut stored = 0u64;
+        for task in tasks {
+            stored += 1;
+            sqlx::query(INSERT_TASK)
+                .bind(&job.id)
+                .bind(i64::from(task.image_index))
+                .bind(job.priority)
+                .bind(super::copy::compact_params_json(&task.params))
+                .bind(attempts_to_sql(job.max_attempts))
+                .bind(&task.output_key)
+                .bind(now)
+                .bind(&job.pool)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if stored == 0 {
+            sqlx::query("UPDATE jobs SET finished_at = ?2 WHERE id = ?1")
+                .bind(&job.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
     async fn get_job(&self, id: &str) -> Result<JobRecord> {
         let rows: Vec<JobCountRow> = sqlx::query_as(GET_JOB)
             .bind(id)
