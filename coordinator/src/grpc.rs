@@ -10,11 +10,27 @@ use sdfarm_proto::v1::{
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::events::Event;
 use crate::metrics::Completion;
 use crate::service::Coordinator;
 use crate::store::{JobRecord, JobState, TaskOutput, TaskRecord, TaskState};
+
+/// gRPC metadata key a worker sets to the job its report is about (see the worker's client).
+const JOB_ID_HEADER: &str = "x-sdfarm-job-id";
+
+/// The span a worker's report about one task runs in: the same `job_id` and `task_id` fields
+/// as the worker's own task span, so logs of both sides join on them.
+fn task_span<T>(name: &'static str, req: &Request<T>, task_id: i64, worker: &str) -> tracing::Span {
+    let job_id = req
+        .metadata()
+        .get(JOB_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    tracing::info_span!("worker_report", rpc = name, task_id, %job_id, worker)
+}
 
 #[derive(Clone)]
 pub struct GrpcApi {
@@ -300,6 +316,12 @@ impl WorkerService for GrpcApi {
         &self,
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let span = task_span(
+            "complete",
+            &req,
+            req.get_ref().task_id,
+            &req.get_ref().worker_id,
+        );
         let r = req.into_inner();
         let report = Completion {
             steps: r.steps,
@@ -318,6 +340,7 @@ impl WorkerService for GrpcApi {
                 },
                 report,
             )
+            .instrument(span)
             .await?;
         Ok(Response::new(pb::CompleteResponse {}))
     }
@@ -326,6 +349,12 @@ impl WorkerService for GrpcApi {
         &self,
         req: Request<pb::FailRequest>,
     ) -> Result<Response<pb::FailResponse>, Status> {
+        let span = task_span(
+            "fail",
+            &req,
+            req.get_ref().task_id,
+            &req.get_ref().worker_id,
+        );
         let r = req.into_inner();
         let state = self
             .inner
@@ -336,6 +365,7 @@ impl WorkerService for GrpcApi {
                 &r.reason_code,
                 r.retryable,
             )
+            .instrument(span)
             .await?;
         Ok(Response::new(pb::FailResponse {
             state: task_state_to_proto(state) as i32,

@@ -227,7 +227,7 @@ impl Worker {
                 retryable: failure.retryable,
                 reason_code: failure.code.into(),
             };
-            if let Err(status) = self.client.fail(req).await {
+            if let Err(status) = self.client.fail(traced(req, &task)).await {
                 tracing::warn!(error = %status, "could not report failure; the lease will expire");
             }
         }
@@ -275,7 +275,7 @@ impl Worker {
             model_load_ms: image.model_load_ms,
             model: params.model.clone(),
         };
-        match self.client.complete(req).await {
+        match self.client.complete(traced(req, task)).await {
             Ok(_) => {
                 tracing::info!(key = %task.output_key, "task completed");
                 Ok(())
@@ -294,6 +294,19 @@ impl Worker {
         }
     }
 }
+
+/// Wraps a report about `task` with its ids as gRPC metadata, so the coordinator's span for
+/// the call carries the same `job_id` and `task_id` as the worker's.
+fn traced<T>(message: T, task: &pb::LeasedTask) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Ok(v) = task.job_id.parse() {
+        req.metadata_mut().insert(JOB_ID_HEADER, v);
+    }
+    req
+}
+
+/// gRPC metadata key naming the job a worker's report is about.
+pub const JOB_ID_HEADER: &str = "x-sdfarm-job-id";
 
 /// A failed attempt as reported to the coordinator: `code` is a short class used as the
 /// metrics' `reason` label, `reason` the text people read.
