@@ -269,7 +269,8 @@ fn resolver_checks_references() {
     let single = cache.path().join("model.safetensors");
     std::fs::write(&single, b"{}").unwrap();
     let err = resolver.resolve(single.to_str().unwrap()).unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert!(!err.retryable());
 
     std::fs::remove_file(copy.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     let err = resolver.resolve(copy.to_str().unwrap()).unwrap_err();

@@ -1,9 +1,13 @@
 //! Model references, resolution to local files, and the built-in tiny model.
 //!
-//! A sweep names its model as written by the user: `builtin:tiny-sd`, or a path to a diffusers
-//! folder. [`ModelResolver`] turns that into a folder the engine can load, plus the name and
-//! short hash that go into the A1111 infotext ("Model", "Model hash").
+//! A sweep names its model as written by the user: `builtin:tiny-sd`, a path to a diffusers
+//! folder, or a path to a single-file A1111 checkpoint (`.safetensors`). [`ModelResolver`]
+//! turns that into something the engine can load, plus the name and short hash that go into
+//! the A1111 infotext ("Model", "Model hash").
 
+pub mod ldm_keys;
+pub mod safe_file;
+pub mod single_file;
 mod tiny;
 
 use std::collections::HashMap;
@@ -15,7 +19,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use crate::engine::config::{missing_files, REQUIRED_FILES};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, Pipeline};
 
 pub use tiny::write_tiny_model;
 
@@ -26,14 +30,37 @@ const BUILTIN_PREFIX: &str = "builtin:";
 /// File whose hash identifies a diffusers folder (the UNet carries the model's identity).
 const HASHED_FILE: &str = "unet/diffusion_pytorch_model.safetensors";
 
-/// A model reference resolved to a loadable diffusers folder.
+/// How a model's weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A diffusers folder (`unet/`, `vae/`, `text_encoder/`, ...).
+    Diffusers,
+    /// One A1111 / original-layout `.safetensors` checkpoint.
+    SingleFile,
+}
+
+/// A model reference resolved to something loadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedModel {
+    /// The diffusers folder, or the checkpoint file for [`ModelFormat::SingleFile`].
     pub dir: PathBuf,
-    /// The folder name, or "tiny-sd" for the built-in model.
+    pub format: ModelFormat,
+    /// The folder name, the checkpoint's file stem (A1111's "Model"), or "tiny-sd" for the
+    /// built-in model.
     pub name: String,
-    /// First 10 lowercase hex digits of the sha256 of the UNet weights.
+    /// First 10 lowercase hex digits of a sha256: of the UNet weights for a folder, of the
+    /// whole file for a single checkpoint (A1111's "Model hash").
     pub hash: String,
+}
+
+impl ResolvedModel {
+    /// Loads the model onto the CPU.
+    pub fn load(&self) -> Result<Pipeline, EngineError> {
+        match self.format {
+            ModelFormat::Diffusers => Pipeline::load(&self.dir),
+            ModelFormat::SingleFile => single_file::load_sd1(&self.dir, &candle_core::Device::Cpu),
+        }
+    }
 }
 
 /// A cached file hash with the size and modification time it was computed for.
@@ -60,9 +87,10 @@ impl ModelResolver {
 
     /// Resolves `model_ref`:
     /// * `builtin:tiny-sd` → `<cache_dir>/builtin/tiny-sd`, written once;
-    /// * a diffusers folder path → that folder, after checking its files exist.
-    ///
-    /// Single-file checkpoints are refused with an explanation.
+    /// * a diffusers folder path → that folder, after checking its files exist;
+    /// * a `.safetensors` checkpoint path → that file, after validating its header and
+    ///   checking it is an SD 1.x checkpoint (pickles and anything else are refused with the
+    ///   reason).
     pub fn resolve(&self, model_ref: &str) -> Result<ResolvedModel, EngineError> {
         let reference = model_ref.trim();
         if reference.is_empty() {
@@ -83,15 +111,41 @@ impl ModelResolver {
             }
             (self.ensure_builtin_tiny()?, "tiny-sd".to_string())
         } else {
-            let dir = resolve_path(reference)?;
-            let name = dir
+            let path = resolve_path(reference)?;
+            if path.is_file() {
+                return self.resolve_single_file(path);
+            }
+            let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| reference.to_string());
-            (dir, name)
+            (path, name)
         };
         let hash = self.short_hash(&dir.join(HASHED_FILE))?;
-        Ok(ResolvedModel { dir, name, hash })
+        Ok(ResolvedModel {
+            dir,
+            format: ModelFormat::Diffusers,
+            name,
+            hash,
+        })
+    }
+
+    /// A single checkpoint file: its header is validated and its kind checked here, so a bad
+    /// file fails before any weights are read.
+    fn resolve_single_file(&self, path: PathBuf) -> Result<ResolvedModel, EngineError> {
+        let file = safe_file::SafeFile::open(&path)?;
+        single_file::require_sd1(&file)?;
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hash = self.short_hash(&path)?;
+        Ok(ResolvedModel {
+            dir: path,
+            format: ModelFormat::SingleFile,
+            name,
+            hash,
+        })
     }
 
     /// Writes the tiny model into the cache unless a complete copy is already there. The files
@@ -164,36 +218,22 @@ fn sha256_file(path: &Path) -> Result<String, EngineError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Checks a path reference and returns the diffusers folder it names.
+/// Checks a path reference and returns the diffusers folder or checkpoint file it names.
 fn resolve_path(reference: &str) -> Result<PathBuf, EngineError> {
     let path = PathBuf::from(reference);
     let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => EngineError::ModelNotFound {
             reference: reference.to_string(),
             reason: format!(
-                "no such file or directory; expected {BUILTIN_TINY} or a diffusers folder"
+                "no such file or directory; expected {BUILTIN_TINY}, a diffusers folder or a .safetensors checkpoint"
             ),
         },
         _ => EngineError::io(&path, e),
     })?;
     if meta.is_file() {
-        let extension = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        let reason = match extension.as_str() {
-            "ckpt" | "pt" | "pth" | "bin" => format!(
-                "{extension} checkpoints are Python pickles, which can run arbitrary code when \
-                 loaded, so sdfarm refuses them. Convert it to a diffusers folder first, e.g. \
-                 with diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py \
-                 --checkpoint_path <file> --dump_path <folder> --to_safetensors, and reference \
-                 the folder"
-            ),
-            _ => "single-file checkpoints are not supported yet; reference a diffusers folder \
-                  (model_index.json, unet/, vae/, text_encoder/) instead"
-                .to_string(),
-        };
-        return Err(EngineError::InvalidModel { path, reason });
+        // Pickles are refused whatever they are called; other files go on to header checks.
+        safe_file::refuse_pickle(&path)?;
+        return Ok(path);
     }
     let missing = missing_files(&path);
     if !missing.is_empty() {
