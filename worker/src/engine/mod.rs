@@ -11,6 +11,7 @@
 pub mod conditioning;
 pub mod config;
 mod error;
+pub mod hires;
 pub mod kdiffusion;
 pub mod noise;
 pub mod philox;
