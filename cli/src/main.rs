@@ -4,6 +4,7 @@ mod farm;
 mod jobs;
 mod local;
 mod progress;
+mod prompt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Command {
     Plan(local::PlanArgs),
     /// Read the generation parameters back from a PNG.
     Info(local::InfoArgs),
+    /// Show how a prompt is read: attention weights, tokens per chunk, the editing schedule.
+    Prompt(prompt::PromptArgs),
     /// Write the built-in tiny model (seeded random weights) as a diffusers folder.
     TinyModel {
         /// Folder to create.
@@ -78,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => local::run(args).await,
         Command::Plan(args) => local::plan(args),
         Command::Info(args) => local::info(args),
+        Command::Prompt(args) => prompt::prompt(args),
         Command::TinyModel { out } => local::tiny_model(&out),
         Command::Coordinator(args) => farm::coordinator(args).await,
         Command::Worker(args) => farm::worker(args).await,
