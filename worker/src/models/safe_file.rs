@@ -79,7 +79,10 @@ pub fn refuse_pickle(path: &Path) -> Result<(), EngineError> {
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     if matches!(extension.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl") {
-        return Err(pickle_error(path, &format!(".{extension} files are")));
+        return Err(pickle_error(
+            path,
+            &format!(".{extension} files are pickled PyTorch checkpoints"),
+        ));
     }
     let mut magic = [0u8; 4];
     let mut file = File::open(path).map_err(|e| EngineError::io(path, e))?;
@@ -88,12 +91,15 @@ pub fn refuse_pickle(path: &Path) -> Result<(), EngineError> {
     // Pickle protocols 2-5 start with PROTO (0x80) and the version; torch.save since 1.6
     // writes a zip archive whose data.pkl is a pickle.
     if magic.len() >= 2 && magic[0] == 0x80 && (2..=5).contains(&magic[1]) {
-        return Err(pickle_error(path, "this file is a Python pickle, which is"));
+        return Err(pickle_error(
+            path,
+            "this file is a Python pickle (a PyTorch checkpoint), whatever its name",
+        ));
     }
     if magic.starts_with(b"PK\x03\x04") {
         return Err(pickle_error(
             path,
-            "this file is a zip archive as torch.save writes them (a pickle inside), which is",
+            "this file is a PyTorch zip checkpoint (a pickle inside), whatever its name",
         ));
     }
     Ok(())
@@ -103,7 +109,7 @@ fn pickle_error(path: &Path, what: &str) -> EngineError {
     EngineError::invalid_model(
         path,
         format!(
-            "{what} a pickled PyTorch checkpoint; unpickling can run arbitrary code, so sdfarm \
+            "{what}; unpickling can run arbitrary code, so sdfarm \
              only loads .safetensors files and diffusers folders. To use it, {CONVERT_HINT}"
         ),
     )
