@@ -335,3 +335,34 @@ async fn metrics_show_the_queue_fall_and_completions_rise_during_a_sweep() {
         "no unfinished tasks left: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_sweep_for_an_invalid_pool_is_refused_with_the_rule() {
+    let mut farm = start().await;
+    let err = farm
+        .jobs
+        .submit(pb::SubmitRequest {
+            sweep: "model = \"builtin:tiny-sd\"\npool = \"A100_80GB\"\n".into(),
+            format: "toml".into(),
+            name: "bad".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("pool") && err.message().contains("line 2"),
+        "{}",
+        err.message()
+    );
+    let err = farm
+        .workers
+        .register(pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_name: "w".into(),
+            pool: "GPU pool".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
