@@ -5,28 +5,29 @@
 //! turns that into something the engine can load, plus the name and short hash that go into
 //! the A1111 infotext ("Model", "Model hash").
 
+pub mod disk_cache;
+pub mod fetch;
 pub mod ldm_keys;
+pub mod reference;
 pub mod safe_file;
 pub mod single_file;
 mod tiny;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
-
 use crate::engine::config::{missing_files, REQUIRED_FILES};
 use crate::engine::{EngineError, Pipeline};
+use disk_cache::{sha256_file, DiskCache};
+use reference::ModelRef;
 
 pub use tiny::write_tiny_model;
 
 /// The reference of the built-in tiny model.
 pub const BUILTIN_TINY: &str = "builtin:tiny-sd";
 
-const BUILTIN_PREFIX: &str = "builtin:";
 /// File whose hash identifies a diffusers folder (the UNet carries the model's identity).
 const HASHED_FILE: &str = "unet/diffusion_pytorch_model.safetensors";
 
@@ -66,68 +67,224 @@ impl ResolvedModel {
 /// A cached file hash with the size and modification time it was computed for.
 type HashEntry = (u64, Option<SystemTime>, String);
 
-/// Resolves model references; owns the cache directory the built-in model is written to.
+/// Resolves model references; owns the cache directory the built-in model and downloads are
+/// written to.
 pub struct ModelResolver {
     cache_dir: PathBuf,
+    /// Where names (A1111's "Checkpoint name") are looked up.
+    models_dir: Option<PathBuf>,
+    downloads: DiskCache,
     /// Hashes by file, invalidated when the file's size or modification time changes.
     hashes: Mutex<HashMap<PathBuf, HashEntry>>,
 }
 
+/// Download cache cap when `SDFARM_MODEL_CACHE_BYTES` does not set one: room for a handful of
+/// SDXL checkpoints.
+pub const DEFAULT_CACHE_CAP_BYTES: u64 = 64 << 30;
+
 impl ModelResolver {
+    /// A resolver caching under `cache_dir`. The model folder comes from `SDFARM_MODELS_DIR`
+    /// and the download cap from `SDFARM_MODEL_CACHE_BYTES` when set; see the `with_*` methods.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        let cache_dir = cache_dir.into();
+        let cap = std::env::var("SDFARM_MODEL_CACHE_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_CACHE_CAP_BYTES);
         ModelResolver {
-            cache_dir: cache_dir.into(),
+            downloads: DiskCache::new(cache_dir.join("downloads"), cap),
+            models_dir: std::env::var_os("SDFARM_MODELS_DIR").map(PathBuf::from),
+            cache_dir,
             hashes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Looks names up in `dir` (A1111's `models/Stable-diffusion`).
+    pub fn with_models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.models_dir = Some(dir.into());
+        self
+    }
+
+    /// Caps the download cache at `bytes`, evicting least recently used files beyond it.
+    pub fn with_cache_cap(mut self, bytes: u64) -> Self {
+        self.downloads = DiskCache::new(self.cache_dir.join("downloads"), bytes);
+        self
     }
 
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
     }
 
-    /// Resolves `model_ref`:
+    pub fn models_dir(&self) -> Option<&Path> {
+        self.models_dir.as_deref()
+    }
+
+    /// The download cache (URLs and object stores; hub files live in hf-hub's own cache).
+    pub fn downloads(&self) -> &DiskCache {
+        &self.downloads
+    }
+
+    /// Resolves `model_ref` (forms listed in [`reference`]):
     /// * `builtin:tiny-sd` → `<cache_dir>/builtin/tiny-sd`, written once;
-    /// * a diffusers folder path → that folder, after checking its files exist;
-    /// * a `.safetensors` checkpoint path → that file, after validating its header and
-    ///   checking it is an SD 1.x checkpoint (pickles and anything else are refused with the
-    ///   reason).
+    /// * a diffusers folder → that folder, after checking its files exist;
+    /// * a `.safetensors` checkpoint → that file, after validating its header and checking it
+    ///   is an SD 1.x checkpoint (pickles and anything else are refused with the reason);
+    /// * a name → the model folder's match, as A1111 finds it;
+    /// * a URL or `hf:` reference → the downloaded copy, fetched once and cached.
     pub fn resolve(&self, model_ref: &str) -> Result<ResolvedModel, EngineError> {
         let reference = model_ref.trim();
         if reference.is_empty() {
             return Err(EngineError::param(
                 "model",
                 "\"\"",
-                format!("a model reference: {BUILTIN_TINY} or the path of a diffusers folder"),
+                format!(
+                    "a model reference: {BUILTIN_TINY}, a path, a checkpoint name, \
+                     hf:org/repo or a URL"
+                ),
             ));
         }
-        let (dir, name) = if let Some(builtin) = reference.strip_prefix(BUILTIN_PREFIX) {
-            if reference != BUILTIN_TINY {
-                return Err(EngineError::ModelNotFound {
-                    reference: reference.to_string(),
-                    reason: format!(
-                        "unknown built-in model {builtin:?}; available: {BUILTIN_TINY}"
-                    ),
-                });
+        match reference::parse(reference)? {
+            ModelRef::Builtin(_) => self.resolve_builtin(reference),
+            ModelRef::Path(path) => self.resolve_local(resolve_path(&path, reference)?),
+            ModelRef::Name { name, hash } => self.resolve_name(reference, &name, hash),
+            ModelRef::Hub {
+                repo,
+                revision,
+                file,
+            } => {
+                let path = fetch::download_hub(
+                    &self.cache_dir.join("huggingface"),
+                    &repo,
+                    revision.as_deref(),
+                    file.as_deref(),
+                )?;
+                let mut resolved = self.resolve_local(path)?;
+                if file.is_none() {
+                    // The snapshot folder is named by commit; the repository names the model.
+                    resolved.name = repo.rsplit('/').next().unwrap_or(&repo).to_string();
+                }
+                Ok(resolved)
             }
-            (self.ensure_builtin_tiny()?, "tiny-sd".to_string())
-        } else {
-            let path = resolve_path(reference)?;
-            if path.is_file() {
-                return self.resolve_single_file(path);
+            ModelRef::Url { url, sha256 } => {
+                let file_name = fetch::url_file_name(&url);
+                let (path, full_hash) = self.downloads.get_or_fetch(
+                    &url,
+                    &file_name,
+                    sha256.as_deref(),
+                    &mut |dest| fetch::download_url(&url, dest),
+                )?;
+                if let Some(hash) = full_hash {
+                    self.remember_hash(&path, &hash);
+                }
+                self.resolve_local(path)
             }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| reference.to_string());
-            (path, name)
-        };
+        }
+    }
+
+    fn resolve_builtin(&self, reference: &str) -> Result<ResolvedModel, EngineError> {
+        if reference != BUILTIN_TINY {
+            return Err(EngineError::ModelNotFound {
+                reference: reference.to_string(),
+                reason: format!("unknown built-in model; available: {BUILTIN_TINY}"),
+            });
+        }
+        let dir = self.ensure_builtin_tiny()?;
         let hash = self.short_hash(&dir.join(HASHED_FILE))?;
         Ok(ResolvedModel {
             dir,
             format: ModelFormat::Diffusers,
+            name: "tiny-sd".to_string(),
+            hash,
+        })
+    }
+
+    /// A local file or folder that exists.
+    fn resolve_local(&self, path: PathBuf) -> Result<ResolvedModel, EngineError> {
+        if path.is_file() {
+            return self.resolve_single_file(path);
+        }
+        check_diffusers_folder(&path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hash = self.short_hash(&path.join(HASHED_FILE))?;
+        Ok(ResolvedModel {
+            dir: path,
+            format: ModelFormat::Diffusers,
             name,
             hash,
         })
+    }
+
+    /// A name looked up in the model folder; a relative path that exists is used as it is.
+    fn resolve_name(
+        &self,
+        reference: &str,
+        name: &str,
+        hash: Option<String>,
+    ) -> Result<ResolvedModel, EngineError> {
+        let candidates = self
+            .models_dir
+            .as_deref()
+            .map(reference::list_models)
+            .unwrap_or_default();
+        let mut hash_of = |c: &reference::Candidate| {
+            let file = if c.path.is_dir() {
+                c.path.join(HASHED_FILE)
+            } else {
+                c.path.clone()
+            };
+            self.short_hash(&file).ok()
+        };
+        let found = reference::find_by_name(&candidates, name, &mut hash_of);
+        let Some(found) = found else {
+            let relative = Path::new(name);
+            if relative.exists() {
+                return self.resolve_local(resolve_path(relative, reference)?);
+            }
+            let listed: Vec<&str> = candidates
+                .iter()
+                .take(12)
+                .map(|c| c.relative.as_str())
+                .collect();
+            let reason = match &self.models_dir {
+                None => "no model folder is configured (SDFARM_MODELS_DIR) and no such path \
+                         exists"
+                    .to_string(),
+                Some(dir) if listed.is_empty() => {
+                    format!("the model folder {} has no checkpoints", dir.display())
+                }
+                Some(dir) => format!(
+                    "no checkpoint in {} matches; available: {}{}",
+                    dir.display(),
+                    listed.join(", "),
+                    if candidates.len() > listed.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            return Err(EngineError::ModelNotFound {
+                reference: reference.to_string(),
+                reason,
+            });
+        };
+        let path = resolve_path(&found.path, reference)?;
+        let resolved = self.resolve_local(path)?;
+        if let Some(wanted) = hash {
+            if !resolved.hash.starts_with(&wanted) && !wanted.starts_with(&resolved.hash) {
+                return Err(EngineError::ModelNotFound {
+                    reference: reference.to_string(),
+                    reason: format!(
+                        "{} has hash {}, not {wanted}; the file was replaced",
+                        found.relative, resolved.hash
+                    ),
+                });
+            }
+        }
+        Ok(resolved)
     }
 
     /// A single checkpoint file: its header is validated and its kind checked here, so a bad
@@ -186,6 +343,16 @@ impl ModelResolver {
         result.map(|()| target)
     }
 
+    /// Records a full sha256 computed elsewhere (a verified download) for `path`.
+    fn remember_hash(&self, path: &Path, full: &str) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.hashes.lock().expect("hash cache").insert(
+                path.to_path_buf(),
+                (meta.len(), meta.modified().ok(), full[..10].to_string()),
+            );
+        }
+    }
+
     /// First 10 hex digits of the file's sha256, computed once per file version.
     fn short_hash(&self, path: &Path) -> Result<String, EngineError> {
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
@@ -204,52 +371,41 @@ impl ModelResolver {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, EngineError> {
-    let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| EngineError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Checks a path reference and returns the diffusers folder or checkpoint file it names.
-fn resolve_path(reference: &str) -> Result<PathBuf, EngineError> {
-    let path = PathBuf::from(reference);
-    let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+/// Checks that a path exists (pickles are refused whatever they are called) and returns it.
+fn resolve_path(path: &Path, reference: &str) -> Result<PathBuf, EngineError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => EngineError::ModelNotFound {
             reference: reference.to_string(),
             reason: format!(
-                "no such file or directory; expected {BUILTIN_TINY}, a diffusers folder or a .safetensors checkpoint"
+                "no such file or directory; expected {BUILTIN_TINY}, a diffusers folder, a \
+                 .safetensors checkpoint, a checkpoint name, hf:org/repo or a URL"
             ),
         },
-        _ => EngineError::io(&path, e),
+        _ => EngineError::io(path, e),
     })?;
     if meta.is_file() {
-        // Pickles are refused whatever they are called; other files go on to header checks.
-        safe_file::refuse_pickle(&path)?;
-        return Ok(path);
+        safe_file::refuse_pickle(path)?;
     }
-    let missing = missing_files(&path);
-    if !missing.is_empty() {
-        let names: Vec<String> = missing
-            .iter()
-            .filter_map(|p| p.strip_prefix(&path).ok())
-            .map(|p| p.display().to_string())
-            .collect();
-        return Err(EngineError::InvalidModel {
-            path,
-            reason: format!(
-                "not a diffusers Stable Diffusion folder: missing {} (expected {})",
-                names.join(", "),
-                REQUIRED_FILES.join(", ")
-            ),
-        });
+    Ok(path.to_path_buf())
+}
+
+/// Checks that `path` has every file of a diffusers SD folder.
+fn check_diffusers_folder(path: &Path) -> Result<(), EngineError> {
+    let missing = missing_files(path);
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(path)
+    let names: Vec<String> = missing
+        .iter()
+        .filter_map(|p| p.strip_prefix(path).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    Err(EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        reason: format!(
+            "not a diffusers Stable Diffusion folder: missing {} (expected {})",
+            names.join(", "),
+            REQUIRED_FILES.join(", ")
+        ),
+    })
 }
