@@ -40,8 +40,12 @@ pub use scheduler::{ScheduleOverrides, ScheduleType};
 
 use crate::models::{ModelResolver, ResolvedModel};
 
-/// How many pipelines stay loaded at once; the least recently used one is dropped beyond this.
+/// How many pipelines stay loaded at once unless configured otherwise; the least recently used
+/// one is dropped beyond this or beyond the byte cap.
 const MAX_LOADED: usize = 2;
+/// Float32 weight bytes kept loaded unless `SDFARM_MODEL_MEMORY_BYTES` says otherwise: two
+/// SDXL pipelines.
+const DEFAULT_MAX_LOADED_BYTES: u64 = 24 << 30;
 
 /// One rendered image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,12 +66,16 @@ struct Loaded {
     model_ref: String,
     pipeline: Arc<Pipeline>,
     last_used: Instant,
+    /// Float32 weight bytes, for the memory cap.
+    bytes: u64,
 }
 
 /// Renders images on the CPU; safe to share between threads.
 pub struct Engine {
     resolver: ModelResolver,
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    max_loaded: usize,
+    max_loaded_bytes: u64,
 }
 
 impl Engine {
@@ -75,7 +83,27 @@ impl Engine {
         Engine {
             resolver,
             loaded: Mutex::new(HashMap::new()),
+            max_loaded: MAX_LOADED,
+            max_loaded_bytes: std::env::var("SDFARM_MODEL_MEMORY_BYTES")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_MAX_LOADED_BYTES),
         }
+    }
+
+    /// Keeps at most `models` pipelines and `bytes` of float32 weights loaded, dropping the
+    /// least recently used beyond either. The model a render needs is always kept, even alone
+    /// over the byte cap.
+    pub fn with_memory_limits(mut self, models: usize, bytes: u64) -> Self {
+        self.max_loaded = models.max(1);
+        self.max_loaded_bytes = bytes;
+        self
+    }
+
+    /// Float32 weight bytes of the loaded pipelines.
+    pub fn loaded_bytes(&self) -> u64 {
+        let loaded = self.loaded.lock().expect("engine model cache");
+        loaded.values().map(|l| l.bytes).sum()
     }
 
     pub fn resolver(&self) -> &ModelResolver {
@@ -108,6 +136,7 @@ impl Engine {
         }
         // Load outside the lock: it takes seconds for real models and other renders continue.
         let started = Instant::now();
+        let bytes = resolved.memory_bytes()?;
         let pipeline = Arc::new(resolved.load()?);
         let load_time = started.elapsed();
         let mut loaded = self.loaded.lock().expect("engine model cache");
@@ -117,15 +146,23 @@ impl Engine {
                 model_ref: model_ref.trim().to_string(),
                 pipeline,
                 last_used: Instant::now(),
+                bytes,
             });
         entry.last_used = Instant::now();
         let pipeline = entry.pipeline.clone();
-        while loaded.len() > MAX_LOADED {
-            let oldest = loaded
+        loop {
+            let total: u64 = loaded.values().map(|l| l.bytes).sum();
+            if loaded.len() <= self.max_loaded && total <= self.max_loaded_bytes {
+                break;
+            }
+            let Some(oldest) = loaded
                 .iter()
+                .filter(|(dir, _)| **dir != resolved.dir)
                 .min_by_key(|(_, l)| l.last_used)
                 .map(|(dir, _)| dir.clone())
-                .expect("non-empty cache");
+            else {
+                break;
+            };
             loaded.remove(&oldest);
         }
         Ok((pipeline, Some(load_time)))

@@ -55,6 +55,28 @@ pub struct ResolvedModel {
 }
 
 impl ResolvedModel {
+    /// Bytes the weights take in memory once loaded as float32, from the safetensors headers
+    /// (no tensor data is read). The engine's model cache is capped by this.
+    pub fn memory_bytes(&self) -> Result<u64, EngineError> {
+        let files: Vec<PathBuf> = match self.format {
+            ModelFormat::SingleFile => vec![self.dir.clone()],
+            ModelFormat::Diffusers => REQUIRED_FILES
+                .iter()
+                .filter(|f| f.ends_with(".safetensors"))
+                .map(|f| self.dir.join(f))
+                .collect(),
+        };
+        let mut total = 0u64;
+        for file in files {
+            let header = safe_file::SafeFile::open(&file)?;
+            for info in header.tensors().values() {
+                let numel: u64 = info.shape.iter().map(|&d| d as u64).product();
+                total = total.saturating_add(numel.saturating_mul(4));
+            }
+        }
+        Ok(total)
+    }
+
     /// Loads the model onto the CPU.
     pub fn load(&self) -> Result<Pipeline, EngineError> {
         match self.format {
