@@ -46,6 +46,13 @@ pub struct CoordinatorArgs {
     /// per-pool `?target=`).
     #[arg(long, env = "SDFARM_TASKS_PER_WORKER", default_value_t = 1)]
     pub tasks_per_worker: u32,
+    /// Redis shared by the replicas for progress and worker presence (redis://host:port);
+    /// optional: without it each replica's watch sees what reaches it and the store.
+    #[arg(long, env = "SDFARM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis pub/sub channel of this farm (farms sharing a Redis use different ones).
+    #[arg(long, env = "SDFARM_REDIS_CHANNEL", default_value = sdfarm_coordinator::relay::DEFAULT_CHANNEL)]
+    pub redis_channel: String,
 }
 
 pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -108,6 +115,12 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         args.store
     );
     let coordinator = Arc::new(Coordinator::new(store, config, Arc::new(SystemClock)));
+    if let Some(url) = args.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        coordinator.connect_redis(&sdfarm_coordinator::relay::RedisConfig {
+            url: url.to_string(),
+            channel: args.redis_channel.clone(),
+        })?;
+    }
     sdfarm_coordinator::run(grpc, http, coordinator, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -211,6 +211,7 @@ impl JobService for GrpcApi {
                             }
                             false
                         }
+                        Ok(Event::Presence(_)) => false,
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },

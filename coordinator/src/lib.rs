@@ -12,6 +12,7 @@ pub mod grid;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod relay;
 pub mod scaling;
 pub mod service;
 pub mod spec;

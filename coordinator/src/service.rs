@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, Presence};
 use crate::expand;
 use crate::metrics::{Completion, Metrics};
 use crate::scaling::{self, PoolSignal};
@@ -94,6 +94,47 @@ impl Coordinator {
 
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Shares progress, job changes and worker presence with the other replicas through
+    /// Redis. Without it a replica's `watch` sees only what reaches that replica, plus what
+    /// it re-reads from the store.
+    pub fn connect_redis(
+        self: &Arc<Self>,
+        config: &crate::relay::RedisConfig,
+    ) -> std::result::Result<(), crate::relay::RelayError> {
+        crate::relay::start(&self.events, config)?;
+        let mut rx = self.events.subscribe();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(me) = me.upgrade() else { return };
+                if let Event::Presence(p) = event {
+                    let now = me.clock.now_ms();
+                    me.workers.seen(&p.worker, Some(&p.pool), now);
+                    if let Some(n) = p.holding {
+                        me.workers.holding(&p.worker, n);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Tells every replica this worker is alive (only the pool and, when known, its load).
+    fn announce(&self, worker_id: &str, pool: Option<String>, holding: Option<u32>) {
+        if let Some(pool) = pool.or_else(|| self.workers.pool_of(worker_id)) {
+            self.events.publish(Event::Presence(Presence {
+                worker: worker_id.to_string(),
+                pool,
+                holding,
+            }));
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -261,6 +302,7 @@ impl Coordinator {
         let pool = worker_pool(pool)?;
         self.workers
             .seen(worker_id, Some(pool), self.clock.now_ms());
+        self.announce(worker_id, Some(pool.to_string()), None);
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_lease_wait);
         loop {
             // Register interest before claiming so a submit between the claim and the wait
@@ -310,8 +352,9 @@ impl Coordinator {
             .store
             .heartbeat(worker_id, task_ids, self.lease_ms(), now)
             .await?;
-        self.workers
-            .holding(worker_id, (task_ids.len() - lost.len()) as u32);
+        let holding = (task_ids.len() - lost.len()) as u32;
+        self.workers.holding(worker_id, holding);
+        self.announce(worker_id, None, Some(holding));
         Ok((lost, now + self.lease_ms()))
     }
 
