@@ -32,9 +32,7 @@ impl From<Error> for tonic::Status {
             Error::Spec(_)
             | Error::TooManyImages { .. }
             | Error::TooManyCells { .. }
-            | Error::InvalidArgument(_) => {
-                Code::InvalidArgument
-            }
+            | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::ProtocolMismatch { .. } => Code::FailedPrecondition,
             Error::Grid(_) => Code::Unavailable,
             Error::UnknownWorker(_) => Code::Unauthenticated,

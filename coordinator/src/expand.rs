@@ -7,10 +7,10 @@
 //! A *cell* is one set of parameters: a plain sweep has one, an X/Y/Z plot one per
 //! combination of axis values, a prompt matrix one per prompt (see [`Cells`]).
 
-mod cells;
-mod plan;
 #[cfg(test)]
 mod a1111_tests;
+mod cells;
+mod plan;
 #[cfg(test)]
 mod tests;
 
@@ -125,4 +125,3 @@ pub fn output_key(prefix: &str, image_index: u32, seed: i64) -> String {
         format!("{prefix}/{image_index:05}-{seed}.png")
     }
 }
-

@@ -298,9 +298,15 @@ fn a1111_options_we_lack_are_named_as_such() {
 fn script_tables_reject_unknown_keys_with_their_line() {
     let err = toml_err("model = \"builtin:tiny-sd\"\n\n[xyz]\nx_type = \"Steps\"\n");
     assert_eq!(err.kind, SpecErrorKind::UnknownKey);
-    assert_says(&err, &["line 4", "`xyz.x_type`", "not a key of [xyz]", "vary_seeds"]);
+    assert_says(
+        &err,
+        &["line 4", "`xyz.x_type`", "not a key of [xyz]", "vary_seeds"],
+    );
     let err = toml_err("model = \"builtin:tiny-sd\"\n[prompt_matrix]\nseeds = 1\n");
-    assert_says(&err, &["line 3", "`prompt_matrix.seeds`", "different_seeds"]);
+    assert_says(
+        &err,
+        &["line 3", "`prompt_matrix.seeds`", "different_seeds"],
+    );
     let err = parse_sweep(
         "{\"model\": \"builtin:tiny-sd\",\n \"xyz\": [], \"prompt\": \"a\"}",
         SweepFormat::Json,
