@@ -39,6 +39,9 @@ pub struct CoordinatorArgs {
     /// Largest sweep accepted, in images.
     #[arg(long, env = "SDFARM_MAX_IMAGES", default_value_t = 10_000_000)]
     pub max_images: u64,
+    /// Largest sweep accepted, in cells (X/Y/Z combinations, prompt-matrix prompts).
+    #[arg(long, env = "SDFARM_MAX_CELLS", default_value_t = 1_000_000)]
+    pub max_cells: u64,
     /// Worker pool of sweeps that name no `pool`.
     #[arg(long, env = "SDFARM_DEFAULT_POOL", default_value = "default")]
     pub default_pool: String,
@@ -46,6 +49,10 @@ pub struct CoordinatorArgs {
     /// per-pool `?target=`).
     #[arg(long, env = "SDFARM_TASKS_PER_WORKER", default_value_t = 1)]
     pub tasks_per_worker: u32,
+    /// Bearer tokens and their roles, one `<client|worker|admin> <token> [name]` a line;
+    /// without it the coordinator is open to anyone who can reach it.
+    #[arg(long, env = "SDFARM_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
     /// Redis shared by the replicas for progress and worker presence (redis://host:port);
     /// optional: without it each replica's watch sees what reaches it and the store.
     #[arg(long, env = "SDFARM_REDIS_URL")]
@@ -72,6 +79,7 @@ pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> 
             ..RetryPolicy::default()
         },
         max_images: args.max_images,
+        max_cells: args.max_cells,
         default_pool: {
             anyhow::ensure!(
                 sdfarm_coordinator::spec::is_pool_name(&args.default_pool),
@@ -87,6 +95,18 @@ pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> 
                 "--tasks-per-worker must be 1 or more"
             );
             args.tasks_per_worker
+        },
+        tokens: match &args.tokens_file {
+            Some(path) => {
+                let tokens = sdfarm_coordinator::auth::Tokens::load(path)?;
+                anyhow::ensure!(
+                    !tokens.is_open(),
+                    "--tokens-file {} holds no tokens; omit it to run an open coordinator",
+                    path.display()
+                );
+                tokens
+            }
+            None => Default::default(),
         },
         ..CoordinatorConfig::default()
     })
@@ -180,6 +200,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     });
     let config = sdfarm_worker::WorkerConfig {
         coordinator: args.coordinator.url,
+        token: args.coordinator.token,
         name,
         cache_dir: args.cache.unwrap_or_else(crate::default_cache_dir),
         lease_wait: Duration::from_secs(20),
