@@ -4,16 +4,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use sdfarm_proto::auth::Bearer;
 use sdfarm_proto::v1::{self as pb, job_service_client::JobServiceClient};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::progress;
 use crate::CoordinatorAddr;
 
-pub async fn connect(addr: &CoordinatorAddr) -> anyhow::Result<JobServiceClient<Channel>> {
-    JobServiceClient::connect(addr.url.clone())
+/// A job client that sends the configured token with every call.
+pub type JobClient = JobServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub async fn connect(addr: &CoordinatorAddr) -> anyhow::Result<JobClient> {
+    let bearer = Bearer::new(addr.token.as_deref()).context("--token / SDFARM_TOKEN")?;
+    let channel = tonic::transport::Endpoint::from_shared(addr.url.clone())
+        .with_context(|| format!("coordinator address {:?}", addr.url))?
+        .connect()
         .await
-        .with_context(|| format!("connecting to coordinator {}", addr.url))
+        .with_context(|| format!("connecting to coordinator {}", addr.url))?;
+    Ok(JobServiceClient::with_interceptor(channel, bearer))
 }
 
 #[derive(clap::Args, Debug)]
@@ -177,7 +186,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints every failed attempt's reason, so a failed job says why.
-pub async fn print_task_errors(client: &mut JobServiceClient<Channel>, job_id: &str) {
+pub async fn print_task_errors(client: &mut JobClient, job_id: &str) {
     let tasks = match client
         .list_tasks(pb::ListTasksRequest {
             job_id: job_id.to_string(),

@@ -73,13 +73,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             store_url: None,
             pool: String::new(),
             labels: Default::default(),
+            token: None,
         },
         async {
             let _ = worker_stopped.await;
         },
     ));
 
-    let mut client = jobs::connect(&CoordinatorAddr { url: addr }).await?;
+    let mut client = jobs::connect(&CoordinatorAddr {
+        url: addr,
+        token: None,
+    })
+    .await?;
     let job = client
         .submit(request)
         .await

@@ -37,6 +37,10 @@ pub struct CoordinatorAddr {
         default_value = "http://127.0.0.1:7070"
     )]
     pub url: String,
+    /// Bearer token for a coordinator that requires one (a client token for job commands,
+    /// a worker token for `sdfarm worker`).
+    #[arg(long = "token", env = "SDFARM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,16 +4,13 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use sdfarm_proto::v1::{self as pb, job_service_client::JobServiceClient};
-use tonic::transport::Channel;
+use sdfarm_proto::v1 as pb;
+
+use crate::jobs::JobClient;
 
 /// Streams the job's events until it finishes; returns its final state. The stream is
 /// re-opened if the connection drops, so a coordinator restart does not end the watch.
-pub async fn follow(
-    client: &mut JobServiceClient<Channel>,
-    job_id: &str,
-    bars: bool,
-) -> anyhow::Result<pb::Job> {
+pub async fn follow(client: &mut JobClient, job_id: &str, bars: bool) -> anyhow::Result<pb::Job> {
     let bar = if bars {
         let bar = ProgressBar::new(0);
         bar.set_style(

@@ -4,6 +4,7 @@
 //! `run` is the entry point of the `sdfarm coordinator` command and of the embedded
 //! `sdfarm run`; tests bind `127.0.0.1:0` and call it in-process.
 
+pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod events;
@@ -54,11 +55,18 @@ pub async fn run(
                 .await
         })
     });
+    let tokens = coordinator.config().tokens.clone();
     let api = grpc::GrpcApi::new(coordinator);
-    tracing::info!(addr = ?grpc.local_addr().ok(), "coordinator listening");
+    tracing::info!(addr = ?grpc.local_addr().ok(), open = tokens.is_open(), "coordinator listening");
     let result = tonic::transport::Server::builder()
-        .add_service(JobServiceServer::new(api.clone()))
-        .add_service(WorkerServiceServer::new(api))
+        .add_service(JobServiceServer::with_interceptor(
+            api.clone(),
+            tokens.guard(auth::Service::Jobs),
+        ))
+        .add_service(WorkerServiceServer::with_interceptor(
+            api,
+            tokens.guard(auth::Service::Workers),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
         .await;
     let _ = stop_tx.send(true);

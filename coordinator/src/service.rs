@@ -43,6 +43,8 @@ pub struct CoordinatorConfig {
     /// Tasks one worker is expected to keep busy with, for the scaling signal; a scaler may
     /// ask with its own per-pool target instead.
     pub tasks_per_worker: u32,
+    /// Bearer tokens and their roles; empty: every call is admitted.
+    pub tokens: crate::auth::Tokens,
 }
 
 impl Default for CoordinatorConfig {
@@ -57,6 +59,7 @@ impl Default for CoordinatorConfig {
             max_lease_wait: Duration::from_secs(30),
             default_pool: DEFAULT_POOL.into(),
             tasks_per_worker: 1,
+            tokens: crate::auth::Tokens::default(),
         }
     }
 }

@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sdfarm_proto::auth::Bearer;
 use sdfarm_proto::v1::{self as pb, worker_service_client::WorkerServiceClient};
 use sdfarm_proto::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
@@ -36,7 +38,12 @@ pub struct WorkerConfig {
     pub pool: String,
     /// Free-form facts shown in the coordinator's logs (GPU model, node, zone).
     pub labels: BTreeMap<String, String>,
+    /// Bearer token (a worker or admin token) for a coordinator that requires one.
+    pub token: Option<String>,
 }
+
+/// The worker's gRPC client: every call carries the configured token.
+type Client = WorkerServiceClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -45,6 +52,8 @@ pub enum WorkerError {
         addr: String,
         source: tonic::transport::Error,
     },
+    #[error("worker token: {0}")]
+    Token(#[from] sdfarm_proto::auth::InvalidToken),
     #[error("coordinator refused: {0}")]
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
@@ -62,7 +71,8 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let Some(mut client) = connect(&config.coordinator, stop_rx.clone()).await? else {
+    let bearer = Bearer::new(config.token.as_deref())?;
+    let Some(mut client) = connect(&config.coordinator, bearer, stop_rx.clone()).await? else {
         return Ok(());
     };
     let reg = client
@@ -93,13 +103,23 @@ pub async fn run(
 /// Connects, retrying while the coordinator is not up yet. `None` if shutdown came first.
 async fn connect(
     addr: &str,
+    bearer: Bearer,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<WorkerServiceClient<Channel>>, WorkerError> {
+) -> Result<Option<Client>, WorkerError> {
     let mut delay = Duration::from_millis(100);
     let started = Instant::now();
     loop {
-        match WorkerServiceClient::connect(addr.to_string()).await {
-            Ok(c) => return Ok(Some(c)),
+        let endpoint = match Channel::from_shared(addr.to_string()) {
+            Ok(e) => e,
+            Err(_) => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "coordinator address {addr:?} is not a URL"
+                ))
+                .into())
+            }
+        };
+        match endpoint.connect().await {
+            Ok(c) => return Ok(Some(WorkerServiceClient::with_interceptor(c, bearer))),
             Err(source) if started.elapsed() > Duration::from_secs(60) => {
                 return Err(WorkerError::Connect {
                     addr: addr.to_string(),
@@ -117,7 +137,7 @@ async fn connect(
 }
 
 struct Worker {
-    client: WorkerServiceClient<Channel>,
+    client: Client,
     id: String,
     pool: String,
     lease: Duration,
@@ -150,7 +170,15 @@ impl Worker {
             };
             let tasks = match leased {
                 Ok(r) => r.into_inner().tasks,
-                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                // Another attempt cannot fix a version mismatch or a refused token.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     return Err(status.into())
                 }
                 Err(status) => {
@@ -241,7 +269,13 @@ impl Worker {
         image: crate::engine::RenderedImage,
         started: Instant,
     ) -> Result<(), Failure> {
-        let infotext = output::infotext(params, &image.model_name, &image.model_hash);
+        let infotext = output::infotext_with_vae(
+            params,
+            &image.model_name,
+            &image.model_hash,
+            &image.vae_name,
+            &image.vae_hash,
+        );
         let png = output::encode_png(&image.rgb, image.width, image.height, &infotext)
             .map_err(|e| Failure::new("encode", format!("PNG encoding failed: {e}"), false))?;
         let sha256 = output::sha256_hex(&png);
@@ -329,7 +363,7 @@ impl Failure {
 /// Extends the lease every third of its length; flags the task lost when the coordinator
 /// says the worker no longer holds it.
 async fn heartbeat_loop(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: Client,
     worker_id: String,
     task_id: i64,
     every: Duration,
@@ -357,7 +391,7 @@ async fn heartbeat_loop(
 
 /// Forwards step progress, at most a few times a second: progress is for people watching.
 async fn progress_loop(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: Client,
     worker_id: String,
     task_id: i64,
     job_id: String,
