@@ -43,7 +43,7 @@ pub const BUILTIN_MODELS: &[&str] = &["builtin:tiny-sd"];
 pub const KNOWN_KEYS: &[&str] = &[
     "prompt", "negative_prompt", "seed", "steps", "sampler_name", "scheduler", "cfg_scale",
     "width", "height", "batch_size", "n_iter", "model", "rng", "subseed", "subseed_strength",
-    "clip_skip", "eta", "name", "priority", "max_attempts", "pool",
+    "clip_skip", "eta", "name", "priority", "max_attempts", "pool", "sd_vae",
     "xyz", "prompt_matrix",
 ];
 
@@ -499,6 +499,12 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
                 p.subseed_strength = float_in(e, 0.0..=1.0, "a number from 0 to 1")? as f32
             }
             "clip_skip" => p.clip_skip = int_in(e, CLIP_SKIP_RANGE)? as u32,
+            "sd_vae" => {
+                p.vae = string(
+                    e,
+                    "\"Automatic\", \"None\", or a VAE file name, path or URL",
+                )?
+            }
             "eta" => eta = Some(float_in(e, 0.0..=f64::MAX, "a number of 0 or more")? as f32),
             "name" => name = Some(string(e, "any text")?),
             "priority" => priority = int_in(e, i64::from(i32::MIN)..=i64::from(i32::MAX))? as i32,

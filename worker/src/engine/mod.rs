@@ -38,6 +38,7 @@ pub use pipeline::{Pipeline, SampleSettings, StepTrace};
 pub use sampler::{run_sampler, Sampler, SamplerOptions, SAMPLER_NAMES};
 pub use scheduler::{ScheduleOverrides, ScheduleType};
 
+use crate::models::vae::{LoadedVae, ResolvedVae};
 use crate::models::{ModelResolver, ResolvedModel};
 
 /// How many pipelines stay loaded at once unless configured otherwise; the least recently used
@@ -56,6 +57,10 @@ pub struct RenderedImage {
     pub rgb: Vec<u8>,
     pub model_name: String,
     pub model_hash: String,
+    /// The VAE override's file name and short hash (A1111's "VAE", "VAE hash"); empty when
+    /// the checkpoint's own VAE decoded the image.
+    pub vae_name: String,
+    pub vae_hash: String,
     /// Whether this render had to load its model into memory first.
     pub model_loaded: bool,
     /// How long that load took (0 when the model was already loaded).
@@ -74,6 +79,8 @@ struct Loaded {
 pub struct Engine {
     resolver: ModelResolver,
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    /// VAE overrides in memory, most recently used last.
+    vaes: Mutex<Vec<(PathBuf, Arc<LoadedVae>)>>,
     max_loaded: usize,
     max_loaded_bytes: u64,
 }
@@ -83,6 +90,7 @@ impl Engine {
         Engine {
             resolver,
             loaded: Mutex::new(HashMap::new()),
+            vaes: Mutex::new(Vec::new()),
             max_loaded: MAX_LOADED,
             max_loaded_bytes: std::env::var("SDFARM_MODEL_MEMORY_BYTES")
                 .ok()
@@ -168,6 +176,28 @@ impl Engine {
         Ok((pipeline, Some(load_time)))
     }
 
+    /// A VAE override, loaded on first use; the two most recently used stay in memory.
+    fn vae(&self, resolved: &ResolvedVae) -> Result<Arc<LoadedVae>, EngineError> {
+        let mut vaes = self.vaes.lock().expect("engine vae cache");
+        if let Some(i) = vaes.iter().position(|(p, _)| *p == resolved.path) {
+            let entry = vaes.remove(i);
+            let vae = entry.1.clone();
+            vaes.push(entry);
+            return Ok(vae);
+        }
+        drop(vaes);
+        let vae = Arc::new(crate::models::vae::load(
+            &resolved.path,
+            &candle_core::Device::Cpu,
+        )?);
+        let mut vaes = self.vaes.lock().expect("engine vae cache");
+        vaes.push((resolved.path.clone(), vae.clone()));
+        if vaes.len() > MAX_LOADED {
+            vaes.remove(0);
+        }
+        Ok(vae)
+    }
+
     /// Renders one image. Blocking and CPU heavy. `on_step(step, total)` runs after every
     /// sampler step (1-based); returning `false` stops with [`EngineError::Cancelled`].
     pub fn render(
@@ -203,6 +233,29 @@ impl Engine {
 
         let resolved = self.resolver.resolve(&params.model)?;
         let (pipeline, load_time) = self.pipeline(&params.model, &resolved)?;
+        let vae_ref = self.resolver.resolve_vae(&params.vae, &resolved)?;
+        let vae = match &vae_ref {
+            Some(r) => {
+                let vae = self.vae(r)?;
+                if vae.settings.downscale != pipeline.latent_downscale()
+                    || vae.settings.config.latent_channels != pipeline.latent_channels()
+                {
+                    return Err(EngineError::invalid_model(
+                        &r.path,
+                        format!(
+                            "this VAE ({} latent channels, downscale {}) does not fit the \
+                             checkpoint ({} latent channels, downscale {})",
+                            vae.settings.config.latent_channels,
+                            vae.settings.downscale,
+                            pipeline.latent_channels(),
+                            pipeline.latent_downscale()
+                        ),
+                    ));
+                }
+                Some(vae)
+            }
+            None => None,
+        };
         let shape = pipeline.latent_shape(params.width, params.height)?;
         let clip_skip = params.clip_skip as usize;
         if clip_skip > pipeline.text_layers() {
@@ -262,7 +315,10 @@ impl Engine {
             &mut fresh_noise,
             &mut |trace| on_step(trace.step as u32, trace.total as u32),
         )?;
-        let decoded = pipeline.decode(&latents)?;
+        let decoded = match &vae {
+            Some(vae) => vae.decode(&latents, pipeline.vae_scaling_factor())?,
+            None => pipeline.decode(&latents)?,
+        };
         let (width, height, rgb) = pipeline::decoded_to_rgb8(&decoded)?;
         Ok(RenderedImage {
             width,
@@ -270,6 +326,8 @@ impl Engine {
             rgb,
             model_name: resolved.name,
             model_hash: resolved.hash,
+            vae_name: vae_ref.as_ref().map(|v| v.name.clone()).unwrap_or_default(),
+            vae_hash: vae_ref.map(|v| v.hash).unwrap_or_default(),
             model_loaded: load_time.is_some(),
             model_load_ms: load_time.map_or(0, |d| d.as_millis() as u64),
         })

@@ -330,6 +330,17 @@ impl Pipeline {
         self.vae_settings.downscale
     }
 
+    /// Latents are divided by this before decoding (0.18215 for SD 1.x); a VAE override
+    /// decodes with the checkpoint's factor, as A1111 does.
+    pub fn vae_scaling_factor(&self) -> f64 {
+        self.vae_settings.scaling_factor
+    }
+
+    /// Channels of the latent space the UNet works in.
+    pub fn latent_channels(&self) -> usize {
+        self.unet_in_channels
+    }
+
     /// Latent tensor shape `[1, C, H/f, W/f]` for an image size, or an error naming the field
     /// that is not a multiple of the downscale factor.
     pub fn latent_shape(&self, width: u32, height: u32) -> Result<[usize; 4], EngineError> {

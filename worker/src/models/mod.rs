@@ -12,6 +12,7 @@ pub mod reference;
 pub mod safe_file;
 pub mod single_file;
 mod tiny;
+pub mod vae;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,8 @@ pub struct ModelResolver {
     cache_dir: PathBuf,
     /// Where names (A1111's "Checkpoint name") are looked up.
     models_dir: Option<PathBuf>,
+    /// Where VAE names (`sd_vae`) are looked up.
+    vae_dir: Option<PathBuf>,
     downloads: DiskCache,
     /// Hashes by file, invalidated when the file's size or modification time changes.
     hashes: Mutex<HashMap<PathBuf, HashEntry>>,
@@ -116,6 +119,7 @@ impl ModelResolver {
         ModelResolver {
             downloads: DiskCache::new(cache_dir.join("downloads"), cap),
             models_dir: std::env::var_os("SDFARM_MODELS_DIR").map(PathBuf::from),
+            vae_dir: std::env::var_os("SDFARM_VAE_DIR").map(PathBuf::from),
             cache_dir,
             hashes: Mutex::new(HashMap::new()),
         }
@@ -124,6 +128,12 @@ impl ModelResolver {
     /// Looks names up in `dir` (A1111's `models/Stable-diffusion`).
     pub fn with_models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.models_dir = Some(dir.into());
+        self
+    }
+
+    /// Looks VAE names up in `dir` (A1111's `models/VAE`).
+    pub fn with_vae_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.vae_dir = Some(dir.into());
         self
     }
 
@@ -218,6 +228,104 @@ impl ModelResolver {
             name: "tiny-sd".to_string(),
             hash,
         })
+    }
+
+    /// Resolves an `sd_vae` value for `checkpoint`: `None` when the checkpoint's own VAE is
+    /// used ("None", or "Automatic" without a `<stem>.vae.safetensors` beside it); otherwise
+    /// a path, URL, `hf:` file or a name in the VAE folder, like checkpoint references.
+    pub fn resolve_vae(
+        &self,
+        value: &str,
+        checkpoint: &ResolvedModel,
+    ) -> Result<Option<vae::ResolvedVae>, EngineError> {
+        let value = value.trim();
+        let path = if vae::is_builtin_choice(value) {
+            let automatic = !value.eq_ignore_ascii_case("none");
+            match (automatic, checkpoint.format) {
+                (true, ModelFormat::SingleFile) => vae::sidecar_for(&checkpoint.dir),
+                _ => None,
+            }
+        } else {
+            Some(self.vae_path(value)?)
+        };
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        if path.is_dir() {
+            return Err(EngineError::invalid_model(
+                &path,
+                "a VAE must be one .safetensors file (a diffusers vae/ folder's \
+                 diffusion_pytorch_model.safetensors works)",
+            ));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hash = self.short_hash(&path)?;
+        Ok(Some(vae::ResolvedVae { path, name, hash }))
+    }
+
+    fn vae_path(&self, value: &str) -> Result<PathBuf, EngineError> {
+        match reference::parse(value)? {
+            ModelRef::Builtin(_) => Err(EngineError::param(
+                "sd_vae",
+                value,
+                "\"Automatic\", \"None\", or a VAE file name, path or URL",
+            )),
+            ModelRef::Path(path) => resolve_path(&path, value),
+            ModelRef::Hub {
+                repo,
+                revision,
+                file,
+            } => fetch::download_hub(
+                &self.cache_dir.join("huggingface"),
+                &repo,
+                revision.as_deref(),
+                Some(
+                    file.as_deref()
+                        .unwrap_or("vae/diffusion_pytorch_model.safetensors"),
+                ),
+            ),
+            ModelRef::Url { url, sha256 } => {
+                let file_name = fetch::url_file_name(&url);
+                let (path, _) = self.downloads.get_or_fetch(
+                    &url,
+                    &file_name,
+                    sha256.as_deref(),
+                    &mut |dest| fetch::download_url(&url, dest),
+                )?;
+                Ok(path)
+            }
+            ModelRef::Name { name, .. } => {
+                let candidates = self
+                    .vae_dir
+                    .as_deref()
+                    .map(reference::list_models)
+                    .unwrap_or_default();
+                let mut no_hash = |_: &reference::Candidate| None;
+                if let Some(found) = reference::find_by_name(&candidates, &name, &mut no_hash) {
+                    return resolve_path(&found.path, value);
+                }
+                if Path::new(&name).is_file() {
+                    return resolve_path(Path::new(&name), value);
+                }
+                let available: Vec<&str> = candidates.iter().map(|c| c.relative.as_str()).collect();
+                Err(EngineError::ModelNotFound {
+                    reference: value.to_string(),
+                    reason: match &self.vae_dir {
+                        None => "no VAE folder is configured (SDFARM_VAE_DIR) and no such \
+                                 file exists"
+                            .into(),
+                        Some(dir) => format!(
+                            "no VAE in {} matches; available: {}",
+                            dir.display(),
+                            available.join(", ")
+                        ),
+                    },
+                })
+            }
+        }
     }
 
     /// A local file or folder that exists.

@@ -249,7 +249,7 @@ fn unet_settings(shapes: &Shapes) -> Result<UNetSettings, String> {
 /// SD 1.x latents are scaled by this before decoding (`scale_factor` in v1-inference.yaml).
 const SD1_VAE_SCALE: f64 = 0.18215;
 
-fn vae_settings(shapes: &Shapes) -> Result<VaeSettings, String> {
+pub(crate) fn vae_settings(shapes: &Shapes) -> Result<VaeSettings, String> {
     let part = Part::Vae;
     let levels = indices(shapes, "encoder.down_blocks.");
     if levels.is_empty() || levels.len() > 8 {

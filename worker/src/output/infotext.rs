@@ -76,6 +76,18 @@ pub(crate) fn default_eta(sampler: &str) -> f32 {
 /// `model_name` is the checkpoint's name without extension, `model_hash` its 10-digit
 /// short hash; either is left out when empty.
 pub fn infotext(params: &RenderParams, model_name: &str, model_hash: &str) -> String {
+    infotext_with_vae(params, model_name, model_hash, "", "")
+}
+
+/// [`infotext`] plus A1111's `VAE hash` and `VAE` (the override's 10-digit short hash and file
+/// name with extension), each left out when empty, as A1111 does without an override.
+pub fn infotext_with_vae(
+    params: &RenderParams,
+    model_name: &str,
+    model_hash: &str,
+    vae_name: &str,
+    vae_hash: &str,
+) -> String {
     let p = params;
     let sampler = sampler_info(&p.sampler_name);
     let schedule = match sampler.and_then(|s| s.automatic_schedule) {
@@ -89,7 +101,7 @@ pub fn infotext(params: &RenderParams, model_name: &str, model_hash: &str) -> St
         .map(|(field, _)| (field, py_float(p.eta)));
     let version = format!("sdfarm {}", env!("CARGO_PKG_VERSION"));
 
-    let fields: [(&str, Option<String>); 13] = [
+    let fields: [(&str, Option<String>); 15] = [
         ("Steps", Some(p.steps.to_string())),
         ("Sampler", Some(p.sampler_name.clone())),
         ("Schedule type", Some(schedule.to_string())),
@@ -104,6 +116,8 @@ pub fn infotext(params: &RenderParams, model_name: &str, model_hash: &str) -> St
             "Model",
             Some(model_name.to_string()).filter(|m| !m.is_empty()),
         ),
+        ("VAE hash", Some(vae_hash.to_string()).filter(|h| !h.is_empty())),
+        ("VAE", Some(vae_name.to_string()).filter(|n| !n.is_empty())),
         ("Variation seed", varied.then(|| p.subseed.to_string())),
         (
             "Variation seed strength",
