@@ -44,16 +44,28 @@ pub const KNOWN_KEYS: &[&str] = &[
     "prompt", "negative_prompt", "seed", "steps", "sampler_name", "scheduler", "cfg_scale",
     "width", "height", "batch_size", "n_iter", "model", "rng", "subseed", "subseed_strength",
     "clip_skip", "eta", "name", "priority", "max_attempts", "pool", "sd_vae",
+    "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscaler",
+    "hr_second_pass_steps", "denoising_strength", "hr_sampler_name", "hr_scheduler",
+    "hr_prompt", "hr_negative_prompt", "init_image",
     "xyz", "prompt_matrix",
 ];
+
+/// A1111's hires upscalers sdfarm implements: the latent modes and the Lanczos pixel resize.
+#[rustfmt::skip]
+pub const HR_UPSCALERS: &[&str] = &[
+    "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+    "Latent (nearest)", "Latent (nearest-exact)", "Lanczos", "None",
+];
+/// Denoising strength when the sweep sets none: A1111's UI defaults for the hires fix and
+/// for img2img.
+const HR_DENOISING_DEFAULT: f32 = 0.7;
+const IMG2IMG_DENOISING_DEFAULT: f32 = 0.75;
 
 /// A1111 API fields sdfarm does not implement; named so the error says so instead of
 /// calling them unknown.
 #[rustfmt::skip]
 const A1111_UNSUPPORTED: &[&str] = &[
-    "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
-    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
-    "hr_negative_prompt", "denoising_strength", "firstphase_width", "firstphase_height",
+    "hr_checkpoint_name", "firstphase_width", "firstphase_height",
     "restore_faces", "tiling", "styles", "override_settings",
     "override_settings_restore_afterwards", "seed_resize_from_h", "seed_resize_from_w",
     "refiner_checkpoint", "refiner_switch_at", "s_churn", "s_tmax", "s_tmin", "s_noise",
@@ -69,7 +81,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("guidance_scale", "cfg_scale"), ("checkpoint", "model"), ("sd_model_checkpoint", "model"),
     ("negative", "negative_prompt"), ("batch_count", "n_iter"),
     ("num_inference_steps", "steps"), ("schedule_type", "scheduler"),
-    ("variation_seed", "subseed"),
+    ("variation_seed", "subseed"), ("init_images", "init_image"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,6 +452,111 @@ fn seed(e: &Entry) -> Result<i64> {
     }
 }
 
+fn boolean(e: &Entry) -> Result<bool> {
+    match e.value {
+        Raw::Bool(b) => Ok(b),
+        _ => Err(wrong_type(e, "a boolean", "true or false".into())),
+    }
+}
+
+/// Hires-fix and img2img settings after every key is read: A1111's defaults for what was
+/// left out, and the combinations A1111 refuses.
+fn hires_fields<'a>(
+    p: &mut RenderParams,
+    denoising: Option<f32>,
+    find: &dyn Fn(&str) -> Option<&'a Entry>,
+) -> Result<()> {
+    let img2img = !p.init_image.is_empty();
+    if p.enable_hr && img2img {
+        let e = find("enable_hr").expect("enable_hr was set");
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "cannot be combined with init_image (the hires fix is a txt2img option)",
+            "false, or no init_image",
+        ));
+    }
+    if p.enable_hr {
+        if p.hr_scale == 0.0 {
+            p.hr_scale = 2.0;
+        }
+        if p.hr_upscaler.is_empty() {
+            p.hr_upscaler = "Latent".into();
+        }
+    }
+    let strength = denoising.unwrap_or(if img2img {
+        IMG2IMG_DENOISING_DEFAULT
+    } else if p.enable_hr {
+        HR_DENOISING_DEFAULT
+    } else {
+        0.0
+    });
+    if (img2img || p.enable_hr) && strength == 0.0 {
+        let e = find("denoising_strength").expect("0 was written");
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            "leaves the image as it is; sdfarm needs some denoising",
+            "a number above 0 and at most 1",
+        ));
+    }
+    p.denoising_strength = strength;
+    // A1111's "Use same …" choices are sdfarm's empty values.
+    if p.hr_sampler_name == "Use same sampler" {
+        p.hr_sampler_name.clear();
+    }
+    if p.hr_scheduler == "Use same scheduler" {
+        p.hr_scheduler.clear();
+    }
+    if !p.hr_sampler_name.is_empty() || !p.hr_scheduler.is_empty() {
+        let sampler = if p.hr_sampler_name.is_empty() {
+            p.sampler_name.clone()
+        } else {
+            p.hr_sampler_name.clone()
+        };
+        let scheduler = if p.hr_scheduler.is_empty() {
+            "Automatic".to_string()
+        } else {
+            p.hr_scheduler.clone()
+        };
+        match samplers::canonical(&sampler, &scheduler) {
+            Ok((s, sched)) => {
+                // A legacy name ("DPM++ 2M Karras") carries its schedule type.
+                let legacy = !p.hr_sampler_name.is_empty() && p.hr_sampler_name != s;
+                if !p.hr_sampler_name.is_empty() {
+                    p.hr_sampler_name = s.into();
+                }
+                if !p.hr_scheduler.is_empty() || legacy {
+                    p.hr_scheduler = sched.into();
+                }
+            }
+            Err(refused) => {
+                let (key, names): (_, Vec<_>) = match refused {
+                    samplers::Refused::Sampler => {
+                        ("hr_sampler_name", samplers::sampler_names().collect())
+                    }
+                    samplers::Refused::Scheduler => {
+                        ("hr_scheduler", samplers::scheduler_labels().collect())
+                    }
+                };
+                let listed = names
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let e = find(key).expect("only written names are refused");
+                return Err(SpecError::at(
+                    SpecErrorKind::InvalidValue,
+                    e,
+                    "is not an A1111 name",
+                    listed,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn build(entries: &[Entry]) -> Result<SweepSpec> {
     let mut p = RenderParams {
         seed: -1,
@@ -458,6 +575,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
     let (mut name, mut model, mut eta, mut pool) = (None, None, None, None);
     let (mut xyz_entry, mut matrix_entry) = (None, None);
+    let mut denoising: Option<f32> = None;
     let find = |key: &str| entries.iter().find(|e| e.key == key);
 
     for e in entries {
@@ -522,6 +640,43 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
                 }
                 pool = Some(p);
             }
+            "enable_hr" => p.enable_hr = boolean(e)?,
+            "hr_scale" => p.hr_scale = float_in(e, 1.0..=8.0, "a number from 1 to 8")? as f32,
+            "hr_resize_x" => p.hr_resize_x = int_in(e, 0..=8192)? as u32,
+            "hr_resize_y" => p.hr_resize_y = int_in(e, 0..=8192)? as u32,
+            "hr_second_pass_steps" => p.hr_second_pass_steps = int_in(e, 0..=1000)? as u32,
+            "hr_upscaler" => {
+                let listed = HR_UPSCALERS
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let name = string(e, &listed)?;
+                if !HR_UPSCALERS.contains(&name.as_str()) {
+                    let problem = "is not an upscaler sdfarm has";
+                    return Err(SpecError::at(
+                        SpecErrorKind::InvalidValue,
+                        e,
+                        problem,
+                        listed,
+                    ));
+                }
+                p.hr_upscaler = name;
+            }
+            "denoising_strength" => {
+                denoising = Some(float_in(e, 0.0..=1.0, "a number from 0 to 1")? as f32)
+            }
+            "hr_sampler_name" => {
+                p.hr_sampler_name = string(e, "an A1111 sampler name, or \"Use same sampler\"")?
+            }
+            "hr_scheduler" => {
+                p.hr_scheduler = string(e, "an A1111 schedule type, or \"Use same scheduler\"")?
+            }
+            "hr_prompt" => p.hr_prompt = string(e, "any text")?,
+            "hr_negative_prompt" => p.hr_negative_prompt = string(e, "any text")?,
+            "init_image" => {
+                p.init_image = string(e, "a PNG path or object-store URL (s3://bucket/a.png)")?
+            }
             "xyz" => xyz_entry = Some(e),
             "prompt_matrix" => matrix_entry = Some(e),
             key => return Err(not_a_sweep_key(e, key)),
@@ -550,6 +705,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         ));
     }
     p.model = model;
+    hires_fields(&mut p, denoising, &find)?;
 
     let (sampler, scheduler) =
         samplers::canonical(&p.sampler_name, &p.scheduler).map_err(|refused| {

@@ -282,13 +282,13 @@ fn unknown_key_suggests_nearest() {
 
 #[test]
 fn a1111_options_we_lack_are_named_as_such() {
-    let err = toml_err("model = \"builtin:tiny-sd\"\nenable_hr = true");
+    let err = toml_err("model = \"builtin:tiny-sd\"\nrestore_faces = true");
     assert_eq!(err.kind, SpecErrorKind::Unsupported);
     assert_says(
         &err,
         &[
             "line 2",
-            "`enable_hr` = true",
+            "`restore_faces` = true",
             "AUTOMATIC1111 option sdfarm does not support yet",
         ],
     );
@@ -462,4 +462,40 @@ fn reading_a_file_names_it_in_errors() {
     assert!(err
         .to_string()
         .starts_with(&format!("{} line 2: `width` = 513", path.display())));
+}
+
+#[test]
+fn hires_and_img2img_keys_take_a1111_defaults() {
+    let spec = toml_ok("model = \"builtin:tiny-sd\"\nenable_hr = true");
+    assert!(spec.base.enable_hr);
+    assert_eq!(spec.base.hr_scale, 2.0);
+    assert_eq!(spec.base.hr_upscaler, "Latent");
+    assert_eq!(spec.base.denoising_strength, 0.7);
+    let spec = toml_ok(
+        "model = \"builtin:tiny-sd\"\ninit_image = \"in.png\"\nhr_sampler_name = \"Use same sampler\"",
+    );
+    assert_eq!(spec.base.denoising_strength, 0.75);
+    assert_eq!(spec.base.hr_sampler_name, "");
+    let spec = toml_ok(
+        "model = \"builtin:tiny-sd\"\nenable_hr = true\nhr_sampler_name = \"DPM++ 2M Karras\"",
+    );
+    assert_eq!(
+        (
+            spec.base.hr_sampler_name.as_str(),
+            spec.base.hr_scheduler.as_str()
+        ),
+        ("DPM++ 2M", "Automatic")
+    );
+    let err =
+        toml_err("model = \"builtin:tiny-sd\"\nenable_hr = true\nhr_upscaler = \"ESRGAN_4x\"");
+    assert_says(
+        &err,
+        &["`hr_upscaler`", "\"Latent (nearest-exact)\"", "\"Lanczos\""],
+    );
+    let err = toml_err("model = \"builtin:tiny-sd\"\nenable_hr = true\ninit_image = \"a.png\"");
+    assert_says(&err, &["`enable_hr`", "init_image"]);
+}
+
+fn toml_ok(text: &str) -> SweepSpec {
+    toml(text).expect("should parse")
 }

@@ -37,7 +37,8 @@ impl HiresPlan {
             return Err(EngineError::param("width", width, "a positive size"));
         }
         let (w, h) = (width as u64, height as u64);
-        let (mut to_x, mut to_y, mut trunc) = (0u64, 0u64, (0u64, 0u64));
+        let (to_x, to_y): (u64, u64);
+        let mut trunc = (0u64, 0u64);
         let infotext;
         if hr_resize_x == 0 && hr_resize_y == 0 {
             if !(hr_scale.is_finite() && hr_scale > 0.0) {

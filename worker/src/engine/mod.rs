@@ -8,15 +8,18 @@
 //!
 //! Submodules are public so tests can check each stage against reference tensors.
 
+mod chain;
 pub mod conditioning;
 pub mod config;
 mod error;
 pub mod hires;
+pub mod init_image;
 pub mod kdiffusion;
 pub mod noise;
 pub mod philox;
 pub mod pipeline;
 pub mod prompt_parser;
+pub mod resample;
 pub mod sampler;
 pub mod schedule;
 pub mod scheduler;
@@ -24,13 +27,13 @@ pub mod text_encoder;
 pub mod tokenizer;
 pub mod torch_rng;
 pub mod unet;
+pub mod vae_encoder;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
 use sdfarm_proto::RenderParams;
 
 pub use error::EngineError;
@@ -40,6 +43,9 @@ pub use scheduler::{ScheduleOverrides, ScheduleType};
 
 use crate::models::vae::{LoadedVae, ResolvedVae};
 use crate::models::{ModelResolver, ResolvedModel};
+use crate::storage::OutputStore;
+
+pub(crate) use chain::hires_plan;
 
 /// How many pipelines stay loaded at once unless configured otherwise; the least recently used
 /// one is dropped beyond this or beyond the byte cap.
@@ -79,6 +85,8 @@ struct Loaded {
 pub struct Engine {
     resolver: ModelResolver,
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    /// Where `init_image` keys that are neither a local file nor a URL are read from.
+    input_store: Option<OutputStore>,
     /// VAE overrides in memory, most recently used last.
     vaes: Mutex<Vec<(PathBuf, Arc<LoadedVae>)>>,
     max_loaded: usize,
@@ -90,6 +98,7 @@ impl Engine {
         Engine {
             resolver,
             loaded: Mutex::new(HashMap::new()),
+            input_store: None,
             vaes: Mutex::new(Vec::new()),
             max_loaded: MAX_LOADED,
             max_loaded_bytes: std::env::var("SDFARM_MODEL_MEMORY_BYTES")
@@ -112,6 +121,12 @@ impl Engine {
     pub fn loaded_bytes(&self) -> u64 {
         let loaded = self.loaded.lock().expect("engine model cache");
         loaded.values().map(|l| l.bytes).sum()
+    }
+
+    /// Reads img2img `init_image` keys from `store` (the farm's object store).
+    pub fn with_input_store(mut self, store: OutputStore) -> Self {
+        self.input_store = Some(store);
+        self
     }
 
     pub fn resolver(&self) -> &ModelResolver {
@@ -205,13 +220,8 @@ impl Engine {
         params: &RenderParams,
         on_step: &mut dyn FnMut(u32, u32) -> bool,
     ) -> Result<RenderedImage, EngineError> {
-        let (sampler, legacy_schedule) = Sampler::resolve(&params.sampler_name)?;
-        let requested_schedule = ScheduleType::from_request(&params.scheduler)?;
-        // A legacy name ("DPM++ 2M Karras") names the schedule type unless one is given.
-        let schedule_type = match (requested_schedule, legacy_schedule) {
-            (ScheduleType::Automatic, Some(legacy)) => ScheduleType::from_request(legacy.label())?,
-            (requested, _) => requested,
-        };
+        // Names and schedules are checked before the model loads.
+        chain::resolve_sampler(&params.sampler_name, &params.scheduler)?;
         if params.steps == 0 {
             return Err(EngineError::param("steps", params.steps, "at least 1"));
         }
@@ -229,7 +239,14 @@ impl Engine {
                 "a finite number >= 0",
             ));
         }
-        let mut source = noise::NoiseSource::new(&params.rng, params.seed)?;
+        let init_image = if params.init_image.is_empty() {
+            None
+        } else {
+            Some(init_image::load(
+                &params.init_image,
+                self.input_store.as_ref(),
+            )?)
+        };
 
         let resolved = self.resolver.resolve(&params.model)?;
         let (pipeline, load_time) = self.pipeline(&params.model, &resolved)?;
@@ -256,7 +273,6 @@ impl Engine {
             }
             None => None,
         };
-        let shape = pipeline.latent_shape(params.width, params.height)?;
         let clip_skip = params.clip_skip as usize;
         if clip_skip > pipeline.text_layers() {
             return Err(EngineError::param(
@@ -266,60 +282,18 @@ impl Engine {
             ));
         }
 
-        let device = pipeline.device().clone();
-        let per_image = [shape[1], shape[2], shape[3]];
-        let numel: usize = per_image.iter().product();
-        let init = noise::initial_noise(
-            &mut source,
-            &params.rng,
-            params.subseed,
-            params.subseed_strength,
-            per_image,
+        let decode = |latents: &candle_core::Tensor| match &vae {
+            Some(vae) => vae.decode(latents, pipeline.vae_scaling_factor()),
+            None => pipeline.decode(latents),
+        };
+        let (width, height, rgb) = chain::render_pixels(
+            &pipeline,
+            params,
+            init_image.as_ref(),
+            clip_skip,
+            &decode,
+            on_step,
         )?;
-        let init = Tensor::from_vec(init, shape.to_vec(), &device)?;
-
-        // Prompt editing counts model calls; second-order samplers make two per step.
-        let schedule_steps = params.steps as usize * if sampler.second_order() { 2 } else { 1 };
-        let cond = pipeline.encode_schedule(&params.prompt, schedule_steps, clip_skip)?;
-        let uncond =
-            pipeline.encode_schedule(&params.negative_prompt, schedule_steps, clip_skip)?;
-        let settings = SampleSettings {
-            schedule_type,
-            options: SamplerOptions::from_request(
-                sampler,
-                params.eta,
-                params.s_churn,
-                params.s_tmin,
-                params.s_tmax,
-                params.s_noise,
-            ),
-            overrides: ScheduleOverrides {
-                sigma_min: params.sigma_min,
-                sigma_max: params.sigma_max,
-                rho: params.rho,
-            },
-            ..SampleSettings::new(sampler, params.steps as usize, params.cfg_scale)
-        };
-        let mut fresh_noise = || -> Result<Tensor, EngineError> {
-            Ok(Tensor::from_vec(
-                source.randn(numel),
-                shape.to_vec(),
-                &device,
-            )?)
-        };
-        let latents = pipeline.sample_scheduled(
-            &settings,
-            &cond,
-            &uncond,
-            &init,
-            &mut fresh_noise,
-            &mut |trace| on_step(trace.step as u32, trace.total as u32),
-        )?;
-        let decoded = match &vae {
-            Some(vae) => vae.decode(&latents, pipeline.vae_scaling_factor())?,
-            None => pipeline.decode(&latents)?,
-        };
-        let (width, height, rgb) = pipeline::decoded_to_rgb8(&decoded)?;
         Ok(RenderedImage {
             width,
             height,

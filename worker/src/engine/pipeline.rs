@@ -22,6 +22,7 @@ use super::text_encoder::TextEncoder;
 use super::tokenizer::PromptTokenizer;
 use super::tokenizer::END_OF_TEXT;
 use super::unet::UNet;
+use super::vae_encoder::VaeEncoder;
 use super::EngineError;
 
 /// A loaded SD 1.x model: tokenizer, text encoder, UNet, VAE and training schedule.
@@ -33,6 +34,7 @@ pub struct Pipeline {
     unet: UNet,
     unet_in_channels: usize,
     vae: AutoEncoderKL,
+    vae_encoder: VaeEncoder,
     vae_settings: VaeSettings,
     schedule: DiscreteSchedule,
     prediction: Prediction,
@@ -187,13 +189,16 @@ impl Pipeline {
             ));
         }
         let vae_weights = dir.join("vae/diffusion_pytorch_model.safetensors");
+        let vae_vb = load_weights(&vae_weights, &device)?;
         let vae = AutoEncoderKL::new(
-            load_weights(&vae_weights, &device)?,
+            vae_vb.clone(),
             vae_settings.in_channels,
             vae_settings.out_channels,
             vae_settings.config.clone(),
         )
         .map_err(|e| EngineError::invalid_model(&vae_weights, e.to_string()))?;
+        let vae_encoder = VaeEncoder::new(vae_vb, vae_settings.in_channels, &vae_settings.config)
+            .map_err(|e| EngineError::invalid_model(&vae_weights, e.to_string()))?;
 
         let scheduler_config = dir.join("scheduler/scheduler_config.json");
         let (schedule, prediction) = if scheduler_config.is_file() {
@@ -223,6 +228,7 @@ impl Pipeline {
             unet,
             unet_in_channels: unet_settings.in_channels,
             vae,
+            vae_encoder,
             vae_settings,
             schedule,
             prediction,
@@ -285,6 +291,12 @@ impl Pipeline {
             vae_settings.config.clone(),
         )
         .map_err(|e| vae.error(e))?;
+        let vae_encoder = VaeEncoder::new(
+            vae.vb.clone(),
+            vae_settings.in_channels,
+            &vae_settings.config,
+        )
+        .map_err(|e| vae.error(e))?;
         Ok(Pipeline {
             dir: origin,
             device,
@@ -293,6 +305,7 @@ impl Pipeline {
             unet: unet_model,
             unet_in_channels: unet_settings.in_channels,
             vae: vae_model,
+            vae_encoder,
             vae_settings,
             schedule,
             prediction,
@@ -434,6 +447,47 @@ impl Pipeline {
         fresh_noise: &mut NoiseFn<'_>,
         observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
     ) -> Result<Tensor, EngineError> {
+        self.sample_from(settings, cond, uncond, noise, None, fresh_noise, observe)
+    }
+
+    /// A partial denoise of `init` latents as A1111's `sample_img2img`: `settings.steps` is
+    /// the full schedule length and the last `t_enc + 1` sigmas run, starting from
+    /// `init + noise * sigma` (DDIM: `init * sqrt(a) + noise * sqrt(1 - a)` at
+    /// `timesteps[t_enc]`, then the timesteps before it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_img2img(
+        &self,
+        settings: &SampleSettings,
+        cond: &ScheduledCond,
+        uncond: &ScheduledCond,
+        init: &Tensor,
+        noise: &Tensor,
+        t_enc: usize,
+        fresh_noise: &mut NoiseFn<'_>,
+        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
+    ) -> Result<Tensor, EngineError> {
+        self.sample_from(
+            settings,
+            cond,
+            uncond,
+            noise,
+            Some((init, t_enc)),
+            fresh_noise,
+            observe,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sample_from(
+        &self,
+        settings: &SampleSettings,
+        cond: &ScheduledCond,
+        uncond: &ScheduledCond,
+        noise: &Tensor,
+        partial: Option<(&Tensor, usize)>,
+        fresh_noise: &mut NoiseFn<'_>,
+        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
+    ) -> Result<Tensor, EngineError> {
         if settings.steps == 0 || settings.steps > self.schedule.len() {
             return Err(EngineError::param(
                 "steps",
@@ -494,8 +548,16 @@ impl Pipeline {
 
         match settings.sampler.algorithm() {
             Some(algorithm) => {
-                let sigmas = settings.sigmas(&self.schedule)?;
-                let x = noise.affine(sigmas[0] as f64, 0.0)?;
+                let mut sigmas = settings.sigmas(&self.schedule)?;
+                let x = match partial {
+                    None => noise.affine(sigmas[0] as f64, 0.0)?,
+                    Some((init, t_enc)) => {
+                        let first = super::hires::first_sigma_index(settings.steps, t_enc)
+                            .min(sigmas.len() - 1);
+                        sigmas.drain(..first);
+                        (init + noise.affine(sigmas[0] as f64, 0.0)?)?
+                    }
+                };
                 self.run_kdiffusion(
                     algorithm,
                     settings,
@@ -507,13 +569,23 @@ impl Pipeline {
                 )
             }
             None => {
-                let timesteps = match settings.ddim {
+                let mut timesteps = match settings.ddim {
                     DdimVariant::Diffusers => self.schedule.ddim_timesteps(settings.steps),
                     DdimVariant::A1111 => {
                         sampler::a1111_ddim_timesteps(self.schedule.len(), settings.steps)
                     }
                 };
                 let ac = self.schedule.alphas_cumprod();
+                let x = match partial {
+                    None => noise.clone(),
+                    Some((init, t_enc)) => {
+                        let t_enc = t_enc.min(timesteps.len() - 1);
+                        let a = ac[timesteps[t_enc]];
+                        timesteps.truncate(t_enc);
+                        (init.affine(a.sqrt() as f64, 0.0)?
+                            + noise.affine((1.0 - a).sqrt() as f64, 0.0)?)?
+                    }
+                };
                 let mut eps_model = |x: &Tensor, t: usize| -> Result<Tensor, EngineError> {
                     let out = guided_eps(x, t as f64)?;
                     match self.prediction {
@@ -525,7 +597,7 @@ impl Pipeline {
                 };
                 sampler::sample_ddim(
                     &mut eps_model,
-                    noise.clone(),
+                    x,
                     &self.schedule,
                     &timesteps,
                     settings.ddim,
@@ -576,6 +648,24 @@ impl Pipeline {
             fresh_noise,
             on_step,
         )
+    }
+
+    /// VAE encode of an image `[1, 3, H, W]` in [-1, 1] to latents as LDM's
+    /// `get_first_stage_encoding(encode_first_stage(x))`: a posterior sample
+    /// `mean + std * n`, times the scaling factor. `posterior_noise(numel)` supplies `n`.
+    pub fn encode(
+        &self,
+        image: &Tensor,
+        posterior_noise: &mut dyn FnMut(usize) -> Vec<f32>,
+    ) -> Result<Tensor, EngineError> {
+        let (mean, std) = self.vae_encoder.moments(image)?;
+        let n = Tensor::from_vec(
+            posterior_noise(mean.elem_count()),
+            mean.shape(),
+            &self.device,
+        )?;
+        let z = (mean + (std * n)?)?;
+        Ok(z.affine(self.vae_settings.scaling_factor, 0.0)?)
     }
 
     /// VAE decode of final latents: `vae.decode(latents / scaling_factor)`, unclamped `[1,3,H,W]`.

@@ -8,6 +8,8 @@
 
 use sdfarm_proto::RenderParams;
 
+use super::hires_info;
+
 /// What A1111 writes for a sampler beyond its name.
 pub(crate) struct SamplerInfo {
     pub name: &'static str,
@@ -101,7 +103,7 @@ pub fn infotext_with_vae(
         .map(|(field, _)| (field, py_float(p.eta)));
     let version = format!("sdfarm {}", env!("CARGO_PKG_VERSION"));
 
-    let fields: [(&str, Option<String>); 15] = [
+    let fields: [(&str, Option<String>); 16] = [
         ("Steps", Some(p.steps.to_string())),
         ("Sampler", Some(p.sampler_name.clone())),
         ("Schedule type", Some(schedule.to_string())),
@@ -116,13 +118,17 @@ pub fn infotext_with_vae(
             "Model",
             Some(model_name.to_string()).filter(|m| !m.is_empty()),
         ),
-        ("VAE hash", Some(vae_hash.to_string()).filter(|h| !h.is_empty())),
+        (
+            "VAE hash",
+            Some(vae_hash.to_string()).filter(|h| !h.is_empty()),
+        ),
         ("VAE", Some(vae_name.to_string()).filter(|n| !n.is_empty())),
         ("Variation seed", varied.then(|| p.subseed.to_string())),
         (
             "Variation seed strength",
             varied.then(|| py_float(p.subseed_strength)),
         ),
+        ("Denoising strength", hires_info::denoising_strength(p)),
         (
             "Clip skip",
             (p.clip_skip > 1).then(|| p.clip_skip.to_string()),
@@ -134,7 +140,11 @@ pub fn infotext_with_vae(
     let mut parts = Vec::new();
     for (key, value) in fields {
         if key == "Version" {
-            // `extra_generation_params` (where samplers put Eta) sit just before Version.
+            // `extra_generation_params` sit just before Version: the hires fix's, added when
+            // processing starts, then the sampler's Eta, added when it runs.
+            for (field, value) in hires_info::hires_fields(p, schedule) {
+                parts.push(format!("{field}: {}", quote(&value)));
+            }
             if let Some((field, value)) = &eta {
                 parts.push(format!("{field}: {}", quote(value)));
             }

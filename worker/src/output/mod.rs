@@ -3,6 +3,7 @@
 //! `infotext` writes the parameters text as A1111 does, `parse` reads it (from either tool)
 //! and `png` stores it in a `parameters` text chunk the way PIL does for A1111.
 
+mod hires_info;
 mod infotext;
 mod parse;
 mod png;

@@ -101,6 +101,17 @@ impl ParsedInfotext {
             .or(float("Eta DDIM"))
             .unwrap_or_else(|| default_eta(&sampler_name));
         let subseed_strength = float("Variation seed strength").unwrap_or(0.0);
+        let uint = |key: &str| int(key).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        // A1111's "Use same …" placeholders mean the first pass's value: sdfarm's empty.
+        let same = |key: &str, placeholder: &str| {
+            self.get_str(key)
+                .filter(|v| *v != placeholder)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (hr_resize_x, hr_resize_y) = (uint("Hires resize-1"), uint("Hires resize-2"));
+        let hr_scale = float("Hires upscale");
+        let enable_hr = hr_scale.is_some() || hr_resize_x != 0 || hr_resize_y != 0;
         RenderParams {
             prompt: self.prompt().to_string(),
             negative_prompt: self.negative_prompt().to_string(),
@@ -130,6 +141,25 @@ impl ParsedInfotext {
                 .unwrap_or(1),
             eta,
             sampler_name,
+            denoising_strength: float("Denoising strength").unwrap_or(0.0),
+            enable_hr,
+            hr_scale: if enable_hr {
+                hr_scale.unwrap_or(2.0)
+            } else {
+                0.0
+            },
+            hr_resize_x,
+            hr_resize_y,
+            hr_second_pass_steps: uint("Hires steps"),
+            hr_upscaler: if enable_hr {
+                text("Hires upscaler", "Latent")
+            } else {
+                String::new()
+            },
+            hr_sampler_name: same("Hires sampler", "Use same sampler"),
+            hr_scheduler: same("Hires schedule type", "Use same scheduler"),
+            hr_prompt: text("Hires prompt", ""),
+            hr_negative_prompt: text("Hires negative prompt", ""),
             ..Default::default()
         }
     }
