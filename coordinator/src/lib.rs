@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod clock;
+mod completions;
 pub mod error;
 pub mod events;
 pub mod expand;

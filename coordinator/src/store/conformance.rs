@@ -17,6 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use super::*;
 
 mod fixtures;
+mod groups;
 mod jobs;
 mod leases;
 mod pools;
@@ -24,6 +25,7 @@ mod streaming;
 
 use fixtures::{submit, LEASE, T0};
 use jobs::*;
+use groups::*;
 use leases::*;
 use pools::*;
 use streaming::*;
@@ -62,6 +64,7 @@ conformance!(
     complete_is_fenced_on_the_lease,
     retryable_failure_waits_out_its_backoff,
     non_retryable_failure_discards,
+    complete_many_fences_each_entry,
     rescuer_retries_then_discards_expired_leases,
     job_finishes_with_its_last_task,
     concurrent_completions_finish_the_job,

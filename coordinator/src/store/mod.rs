@@ -219,6 +219,14 @@ pub struct TaskOutput {
     pub render_ms: u64,
 }
 
+/// One task's completion inside a group (see [`Store::complete_many`]).
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub task_id: i64,
+    pub worker: String,
+    pub output: TaskOutput,
+}
+
 /// Polynomial backoff with jitter between attempts: `base * attempt^exponent`, capped,
 /// then spread by ±`jitter` so a burst of failures does not return all at once.
 #[derive(Debug, Clone)]
@@ -320,6 +328,24 @@ pub trait Store: Send + Sync + 'static {
         output: &TaskOutput,
         now: Millis,
     ) -> Result<()>;
+
+    /// `complete` for several tasks under one commit, so a busy farm pays one durable write
+    /// per group of completions rather than one per image. Each entry is fenced on its own
+    /// lease; the result holds, in input order, `true` for a recorded completion and `false`
+    /// for a lost lease (a task id repeated in the group is recorded once, at its first entry).
+    /// A database error fails the whole group. This default completes one task at a time
+    /// (one commit each), for backends where grouping buys nothing.
+    async fn complete_many(&self, done: &[Completed], now: Millis) -> Result<Vec<bool>> {
+        let mut recorded = Vec::with_capacity(done.len());
+        for d in done {
+            match self.complete(d.task_id, &d.worker, &d.output, now).await {
+                Ok(()) => recorded.push(true),
+                Err(StoreError::LeaseLost { .. }) => recorded.push(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(recorded)
+    }
 
     /// Records a failed attempt (fenced like `complete`). The task becomes `retryable` after a
     /// backoff, or `discarded` when it is not retryable or its attempts are used up.

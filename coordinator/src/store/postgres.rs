@@ -18,9 +18,11 @@ use super::rows::{
     queue_counts_from_rows, AfterFailure, JobCountRow, QueueCountRow, TaskRow,
 };
 use super::{
-    JobRecord, Millis, NewJob, NewTask, QueueCount, RescueReport, Result, RetryPolicy, Store,
-    StoreError, TaskOutput, TaskRecord, TaskState,
+    Completed, JobRecord, Millis, NewJob, NewTask, QueueCount, RescueReport, Result, RetryPolicy,
+    Store, StoreError, TaskOutput, TaskRecord, TaskState,
 };
+
+mod group;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -422,6 +424,10 @@ impl Store for PostgresStore {
         Self::finish_job_if_done(&mut tx, &job_id, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn complete_many(&self, done: &[Completed], now: Millis) -> Result<Vec<bool>> {
+        self.complete_group(done, now).await
     }
 
     #[tracing::instrument(skip(self, policy))]

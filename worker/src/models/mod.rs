@@ -5,9 +5,11 @@
 //! turns that into something the engine can load, plus the name and short hash that go into
 //! the A1111 infotext ("Model", "Model hash").
 
+pub mod assemble;
 pub mod disk_cache;
 pub mod fetch;
 pub mod ldm_keys;
+pub mod lora;
 pub mod reference;
 pub mod safe_file;
 pub mod single_file;
@@ -76,6 +78,16 @@ impl ResolvedModel {
             }
         }
         Ok(total)
+    }
+
+    /// Loads the model onto the CPU with LoRA networks merged into its weights.
+    pub fn load_with_loras(&self, loras: &[lora::LoraUse]) -> Result<Pipeline, EngineError> {
+        let device = candle_core::Device::Cpu;
+        let mut tensors = assemble::ModelTensors::read(self, &device)?;
+        for l in loras {
+            lora::merge(&mut tensors, l, &device)?;
+        }
+        tensors.into_pipeline(&device)
     }
 
     /// Loads the model onto the CPU.

@@ -9,18 +9,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 
+use super::assemble::ModelTensors;
 use super::ldm_keys::{self, KeyMap, Part, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
 use super::safe_file::SafeFile;
 use crate::engine::config::{UNetSettings, VaeSettings};
-use crate::engine::pipeline::{PartWeights, PipelineParts, Prediction};
+use crate::engine::pipeline::Prediction;
 use crate::engine::schedule::DiscreteSchedule;
 use crate::engine::tokenizer::PromptTokenizer;
 use crate::engine::{EngineError, Pipeline};
@@ -363,6 +363,12 @@ fn part_tensors(
 
 /// Loads an SD 1.x single-file checkpoint onto `device`.
 pub fn load_sd1(path: &Path, device: &Device) -> Result<Pipeline, EngineError> {
+    read_sd1(path, device)?.into_pipeline(device)
+}
+
+/// Reads an SD 1.x single-file checkpoint's weights under diffusers names, with the settings
+/// its tensor shapes imply.
+pub fn read_sd1(path: &Path, device: &Device) -> Result<ModelTensors, EngineError> {
     let file = SafeFile::open(path)?;
     require_sd1(&file)?;
     let map = ldm_keys::map_keys(file.tensors().keys().map(String::as_str));
@@ -382,27 +388,22 @@ pub fn load_sd1(path: &Path, device: &Device) -> Result<Pipeline, EngineError> {
     let unet_settings = unet_settings(&part_shapes(&file, &map, Part::Unet)).map_err(bad)?;
     let vae_settings = vae_settings(&part_shapes(&file, &map, Part::Vae)).map_err(bad)?;
     let clip_config = clip_config(&part_shapes(&file, &map, Part::TextEncoder)).map_err(bad)?;
-
-    let weights = |part: Part| -> Result<PartWeights<'static>, EngineError> {
-        let tensors = part_tensors(&file, &map, part, device)?;
-        Ok(PartWeights {
-            vb: VarBuilder::from_tensors(tensors, DType::F32, device),
-            source: path.to_path_buf(),
-            label: part.label(),
-        })
-    };
-    let parts = PipelineParts {
+    let mut parts = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    for part in [Part::TextEncoder, Part::Unet, Part::Vae] {
+        parts.insert(part, part_tensors(&file, &map, part, device)?);
+        sources.insert(part, path.to_path_buf());
+    }
+    Ok(ModelTensors {
         origin: path.to_path_buf(),
         tokenizer: PromptTokenizer::builtin()?,
         clip_config,
         clip_layer_norm_eps: 1e-5,
-        clip: weights(Part::TextEncoder)?,
         unet_settings,
-        unet: weights(Part::Unet)?,
         vae_settings,
-        vae: weights(Part::Vae)?,
         schedule: DiscreteSchedule::sd15(),
         prediction: Prediction::Epsilon,
-    };
-    Pipeline::from_parts(parts, device.clone())
+        parts,
+        sources,
+    })
 }
