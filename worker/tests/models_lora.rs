@@ -154,3 +154,36 @@ fn prompt_tags_are_read_and_removed() {
     assert!(extract_tags("<lora:x:heavy>").is_err());
     assert_eq!(extract_tags("no tags <here>").unwrap().0, "no tags <here>");
 }
+
+#[test]
+fn prompts_with_lora_tags_render_through_the_engine() {
+    use sdfarm_proto::RenderParams;
+    use sdfarm_worker::engine::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let loras = dir.path().join("Lora");
+    std::fs::create_dir_all(&loras).unwrap();
+    write_lora(&loras.join("tiny-style.safetensors"), MODULES);
+    let engine = Engine::new(ModelResolver::new(dir.path().join("cache")).with_lora_dir(&loras));
+    let render = |prompt: &str| {
+        let params = RenderParams {
+            prompt: prompt.into(),
+            seed: 4,
+            steps: 2,
+            sampler_name: "Euler".into(),
+            cfg_scale: 7.0,
+            width: 32,
+            height: 32,
+            model: BUILTIN_TINY.into(),
+            rng: "CPU".into(),
+            ..Default::default()
+        };
+        engine.render(&params, &mut |_, _| true)
+    };
+    let base = render("a cat").unwrap().rgb;
+    // The tag is removed from the text and a weight of 0 changes no weight.
+    assert_eq!(render("a cat<lora:tiny-style:0>").unwrap().rgb, base);
+    assert_ne!(render("a cat<lora:tiny-style:1>").unwrap().rgb, base);
+    let missing = render("a cat <lora:absent:1>").unwrap_err();
+    assert!(!missing.retryable());
+    assert!(missing.to_string().contains("absent"), "{missing}");
+}

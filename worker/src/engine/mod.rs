@@ -9,6 +9,7 @@
 //! Submodules are public so tests can check each stage against reference tensors.
 
 mod chain;
+pub mod clip;
 pub mod conditioning;
 pub mod config;
 mod error;
@@ -41,6 +42,7 @@ pub use pipeline::{Pipeline, SampleSettings, StepTrace};
 pub use sampler::{run_sampler, Sampler, SamplerOptions, SAMPLER_NAMES};
 pub use scheduler::{ScheduleOverrides, ScheduleType};
 
+use crate::models::lora::{self, LoraUse};
 use crate::models::vae::{LoadedVae, ResolvedVae};
 use crate::models::{ModelResolver, ResolvedModel};
 use crate::storage::OutputStore;
@@ -148,11 +150,32 @@ impl Engine {
         model_ref: &str,
         resolved: &ResolvedModel,
     ) -> Result<(Arc<Pipeline>, Option<Duration>), EngineError> {
+        self.pipeline_with_loras(model_ref, resolved, &[])
+    }
+
+    /// [`Engine::pipeline`] with LoRA networks merged in; each model and LoRA combination is
+    /// its own cache entry.
+    pub fn pipeline_with_loras(
+        &self,
+        model_ref: &str,
+        resolved: &ResolvedModel,
+        loras: &[LoraUse],
+    ) -> Result<(Arc<Pipeline>, Option<Duration>), EngineError> {
+        let mut key = resolved.dir.clone().into_os_string();
+        for l in loras {
+            key.push(format!(
+                "\0{}:{}:{}",
+                l.path.display(),
+                l.te_weight,
+                l.unet_weight
+            ));
+        }
+        let key = PathBuf::from(key);
         if let Some(entry) = self
             .loaded
             .lock()
             .expect("engine model cache")
-            .get_mut(&resolved.dir)
+            .get_mut(&key)
         {
             entry.last_used = Instant::now();
             return Ok((entry.pipeline.clone(), None));
@@ -160,17 +183,19 @@ impl Engine {
         // Load outside the lock: it takes seconds for real models and other renders continue.
         let started = Instant::now();
         let bytes = resolved.memory_bytes()?;
-        let pipeline = Arc::new(resolved.load()?);
+        let pipeline = Arc::new(if loras.is_empty() {
+            resolved.load()?
+        } else {
+            resolved.load_with_loras(loras)?
+        });
         let load_time = started.elapsed();
         let mut loaded = self.loaded.lock().expect("engine model cache");
-        let entry = loaded
-            .entry(resolved.dir.clone())
-            .or_insert_with(|| Loaded {
-                model_ref: model_ref.trim().to_string(),
-                pipeline,
-                last_used: Instant::now(),
-                bytes,
-            });
+        let entry = loaded.entry(key.clone()).or_insert_with(|| Loaded {
+            model_ref: model_ref.trim().to_string(),
+            pipeline,
+            last_used: Instant::now(),
+            bytes,
+        });
         entry.last_used = Instant::now();
         let pipeline = entry.pipeline.clone();
         loop {
@@ -180,7 +205,7 @@ impl Engine {
             }
             let Some(oldest) = loaded
                 .iter()
-                .filter(|(dir, _)| **dir != resolved.dir)
+                .filter(|(k, _)| **k != key)
                 .min_by_key(|(_, l)| l.last_used)
                 .map(|(dir, _)| dir.clone())
             else {
@@ -248,8 +273,30 @@ impl Engine {
             )?)
         };
 
+        // A1111 activates `<lora:…>` networks from both prompts and removes the tags from the
+        // text the text encoder sees; the infotext keeps the prompt as written.
+        let (prompt, mut tags) = lora::extract_tags(&params.prompt)?;
+        let (negative_prompt, negative_tags) = lora::extract_tags(&params.negative_prompt)?;
+        tags.extend(negative_tags);
+        let loras = tags
+            .iter()
+            .map(|t| {
+                Ok(LoraUse {
+                    path: lora::find(self.resolver.lora_dir(), &t.name)?,
+                    te_weight: t.te_weight,
+                    unet_weight: t.unet_weight,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let stripped = RenderParams {
+            prompt,
+            negative_prompt,
+            ..params.clone()
+        };
+        let params = &stripped;
+
         let resolved = self.resolver.resolve(&params.model)?;
-        let (pipeline, load_time) = self.pipeline(&params.model, &resolved)?;
+        let (pipeline, load_time) = self.pipeline_with_loras(&params.model, &resolved, &loras)?;
         let vae_ref = self.resolver.resolve_vae(&params.vae, &resolved)?;
         let vae = match &vae_ref {
             Some(r) => {

@@ -110,6 +110,8 @@ pub struct ModelResolver {
     models_dir: Option<PathBuf>,
     /// Where VAE names (`sd_vae`) are looked up.
     vae_dir: Option<PathBuf>,
+    /// Where `<lora:name>` names are looked up.
+    lora_dir: Option<PathBuf>,
     downloads: DiskCache,
     /// Hashes by file, invalidated when the file's size or modification time changes.
     hashes: Mutex<HashMap<PathBuf, HashEntry>>,
@@ -132,6 +134,7 @@ impl ModelResolver {
             downloads: DiskCache::new(cache_dir.join("downloads"), cap),
             models_dir: std::env::var_os("SDFARM_MODELS_DIR").map(PathBuf::from),
             vae_dir: std::env::var_os("SDFARM_VAE_DIR").map(PathBuf::from),
+            lora_dir: std::env::var_os("SDFARM_LORA_DIR").map(PathBuf::from),
             cache_dir,
             hashes: Mutex::new(HashMap::new()),
         }
@@ -147,6 +150,16 @@ impl ModelResolver {
     pub fn with_vae_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.vae_dir = Some(dir.into());
         self
+    }
+
+    /// Looks `<lora:name>` names up in `dir` (A1111's `models/Lora`).
+    pub fn with_lora_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.lora_dir = Some(dir.into());
+        self
+    }
+
+    pub fn lora_dir(&self) -> Option<&Path> {
+        self.lora_dir.as_deref()
     }
 
     /// Caps the download cache at `bytes`, evicting least recently used files beyond it.
