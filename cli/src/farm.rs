@@ -165,6 +165,11 @@ pub struct WorkerArgs {
     /// SDFARM_LABELS).
     #[arg(long = "label", env = "SDFARM_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// On SIGTERM, how long the task being rendered may still run before it is stopped and
+    /// released to the queue. Below Kubernetes' default 30 s grace period, so the release
+    /// happens before the pod is killed.
+    #[arg(long, env = "SDFARM_DRAIN_SECONDS", default_value_t = 25.0)]
+    pub drain_seconds: f64,
 }
 
 /// `key=value` labels into a map; a malformed one is an error naming it.
@@ -201,6 +206,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = sdfarm_worker::WorkerConfig {
         coordinator: args.coordinator.url,
         token: args.coordinator.token,
+        drain_timeout: {
+            anyhow::ensure!(
+                args.drain_seconds.is_finite() && args.drain_seconds >= 0.0,
+                "--drain-seconds must be zero or more, got {}",
+                args.drain_seconds
+            );
+            Duration::from_secs_f64(args.drain_seconds)
+        },
         name,
         cache_dir: args.cache.unwrap_or_else(crate::default_cache_dir),
         lease_wait: Duration::from_secs(20),

@@ -160,6 +160,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "output_key": t.output_key,
                 "sha256": (!t.sha256.is_empty()).then_some(&t.sha256),
                 "errors": t.errors,
+                "worker": (!t.worker.is_empty()).then_some(&t.worker),
             });
             println!("{line}");
         }

@@ -74,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             pool: String::new(),
             labels: Default::default(),
             token: None,
+            drain_timeout: Duration::from_secs(30),
         },
         async {
             let _ = worker_stopped.await;

@@ -346,6 +346,18 @@ impl WorkerService for GrpcApi {
         Ok(Response::new(pb::CompleteResponse {}))
     }
 
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = req.into_inner();
+        let released_task_ids = self
+            .inner
+            .release(&r.worker_id, &r.task_ids, &r.reason)
+            .await?;
+        Ok(Response::new(pb::ReleaseResponse { released_task_ids }))
+    }
+
     async fn fail(
         &self,
         req: Request<pb::FailRequest>,

@@ -448,6 +448,29 @@ impl Coordinator {
         Ok(state)
     }
 
+    /// Gives tasks a stopping worker will not finish back to the queue, attempt unused.
+    pub async fn release(
+        &self,
+        worker_id: &str,
+        task_ids: &[i64],
+        reason: &str,
+    ) -> Result<Vec<i64>> {
+        self.touch_worker(worker_id);
+        let released = self
+            .store
+            .release(worker_id, task_ids, self.clock.now_ms())
+            .await?;
+        for _ in &released {
+            self.workers.released(worker_id);
+        }
+        if !released.is_empty() {
+            tracing::info!(worker = worker_id, ?released, reason, "tasks released");
+            self.events.publish(Event::JobChanged(None));
+            self.work_ready.notify_waiters();
+        }
+        Ok(released)
+    }
+
     /// One rescuer pass: expired leases go back to the queue (or are discarded).
     pub async fn rescue_once(&self) -> Result<()> {
         let report = self

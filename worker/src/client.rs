@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Bearer token (a worker or admin token) for a coordinator that requires one.
     pub token: Option<String>,
+    /// After shutdown is asked for, how long a task being rendered may still run; past it
+    /// the render stops at its next step and the task is released to the queue.
+    pub drain_timeout: Duration,
 }
 
 /// The worker's gRPC client: every call carries the configured token.
@@ -60,8 +63,9 @@ pub enum WorkerError {
     Storage(#[from] StorageError),
 }
 
-/// Runs the worker until `shutdown` resolves. A task being rendered when shutdown arrives is
-/// finished and reported before returning; no new task is leased.
+/// Runs the worker until `shutdown` resolves. From then on nothing new is leased; a task
+/// being rendered is finished and reported if it can be within `drain_timeout`, otherwise
+/// stopped at its next step and released back to the queue without using up an attempt.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -96,6 +100,8 @@ pub async fn run(
         lease: Duration::from_millis(reg.lease_ms.max(300) as u64),
         store,
         engine,
+        stop: stop_rx.clone(),
+        drain_timeout: config.drain_timeout,
     };
     worker.serve(config.lease_wait, stop_rx).await
 }
@@ -143,6 +149,9 @@ struct Worker {
     lease: Duration,
     store: OutputStore,
     engine: Arc<Engine>,
+    /// Turns true when the worker is asked to stop.
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain_timeout: Duration,
 }
 
 impl Worker {
@@ -217,13 +226,29 @@ impl Worker {
             progress_rx,
         ));
 
+        // Set once the drain deadline has passed after a stop request.
+        let out_of_time = Arc::new(AtomicBool::new(false));
+        let drain_timer = {
+            let mut stop = self.stop.clone();
+            let out_of_time = out_of_time.clone();
+            let deadline = self.drain_timeout;
+            tokio::spawn(async move {
+                if stop.wait_for(|s| *s).await.is_ok() {
+                    tokio::time::sleep(deadline).await;
+                    out_of_time.store(true, Ordering::Relaxed);
+                }
+            })
+        };
+
         let params = task.params.clone().unwrap_or_default();
         let engine = self.engine.clone();
         let lost_in_render = lost.clone();
+        let out_of_time_in_render = out_of_time.clone();
         let rendered = tokio::task::spawn_blocking(move || {
             let mut on_step = |step: u32, total: u32| {
                 let _ = progress_tx.send((step, total));
                 !lost_in_render.load(Ordering::Relaxed)
+                    && !out_of_time_in_render.load(Ordering::Relaxed)
             };
             engine.render(&params, &mut on_step)
         })
@@ -235,8 +260,12 @@ impl Worker {
                 let params = task.params.clone().unwrap_or_default();
                 self.deliver(&task, &params, image, started).await
             }
-            Ok(Err(EngineError::Cancelled)) => {
+            Ok(Err(EngineError::Cancelled)) if lost.load(Ordering::Relaxed) => {
                 tracing::info!("render stopped: lease lost or job cancelled");
+                Ok(())
+            }
+            Ok(Err(EngineError::Cancelled)) => {
+                self.release(&task).await;
                 Ok(())
             }
             Ok(Err(err)) => Err(Failure::new("render", err.to_string(), err.retryable())),
@@ -247,6 +276,7 @@ impl Worker {
             )),
         };
         heartbeat.abort();
+        drain_timer.abort();
         if let Err(failure) = outcome {
             let req = pb::FailRequest {
                 worker_id: self.id.clone(),
@@ -257,6 +287,22 @@ impl Worker {
             };
             if let Err(status) = self.client.fail(traced(req, &task)).await {
                 tracing::warn!(error = %status, "could not report failure; the lease will expire");
+            }
+        }
+    }
+
+    /// Gives an unfinished task back at the drain deadline. If the call fails the lease
+    /// simply expires and the rescuer retries the task (spending an attempt).
+    async fn release(&mut self, task: &pb::LeasedTask) {
+        let req = pb::ReleaseRequest {
+            worker_id: self.id.clone(),
+            task_ids: vec![task.task_id],
+            reason: "draining: the worker is stopping".into(),
+        };
+        match self.client.release(traced(req, task)).await {
+            Ok(_) => tracing::info!("drain deadline passed: task released to the queue"),
+            Err(status) => {
+                tracing::warn!(error = %status, "could not release the task; its lease will expire")
             }
         }
     }

@@ -21,13 +21,15 @@ mod groups;
 mod jobs;
 mod leases;
 mod pools;
+mod release;
 mod streaming;
 
 use fixtures::{submit, LEASE, T0};
-use jobs::*;
 use groups::*;
+use jobs::*;
 use leases::*;
 use pools::*;
+use release::*;
 use streaming::*;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -62,9 +64,9 @@ conformance!(
     concurrent_claimers_lease_each_task_once,
     heartbeat_extends_lease_and_reports_lost,
     complete_is_fenced_on_the_lease,
+    complete_many_fences_each_entry,
     retryable_failure_waits_out_its_backoff,
     non_retryable_failure_discards,
-    complete_many_fences_each_entry,
     rescuer_retries_then_discards_expired_leases,
     job_finishes_with_its_last_task,
     concurrent_completions_finish_the_job,
@@ -75,6 +77,8 @@ conformance!(
     streamed_tasks_read_back_like_created_ones,
     empty_stream_finishes_the_job,
     failed_stream_stores_nothing,
+    release_returns_tasks_without_using_an_attempt,
+    released_retry_stays_retryable_with_its_history,
 );
 
 async fn on_sqlite<F, Fut>(check: F)

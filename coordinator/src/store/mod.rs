@@ -319,6 +319,11 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<i64>>;
 
+    /// Returns tasks `worker` holds to the queue, claimable at once, giving back the attempt
+    /// their claim used (a draining worker that will not finish them). Returns the ids
+    /// released, sorted; tasks the worker no longer holds are left alone.
+    async fn release(&self, worker: &str, task_ids: &[i64], now: Millis) -> Result<Vec<i64>>;
+
     /// Marks a running task completed. Fenced on the lease owner: a worker that lost the
     /// lease gets `StoreError::LeaseLost` and nothing changes.
     async fn complete(

@@ -108,6 +108,13 @@ const HEARTBEAT: &str = "WITH held AS ( \
      UPDATE tasks SET lease_expires_at = $3 FROM held WHERE tasks.id = held.held_id \
      RETURNING tasks.id";
 
+/// Undoes the claim: the attempt is given back, the task is claimable again at once.
+const RELEASE: &str = "UPDATE tasks \
+     SET state = CASE WHEN attempt > 1 THEN 'retryable' ELSE 'available' END, \
+         attempt = attempt - 1, scheduled_at = $3, lease_owner = NULL, lease_expires_at = NULL \
+     WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running' \
+     RETURNING id";
+
 const TASK_JOB: &str = "SELECT job_id FROM tasks WHERE id = $1";
 const LOCK_JOB: &str = "SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
 
@@ -391,6 +398,20 @@ impl Store for PostgresStore {
             .copied()
             .filter(|id| !held.contains(id))
             .collect())
+    }
+
+    async fn release(&self, worker: &str, task_ids: &[i64], now: Millis) -> Result<Vec<i64>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut released: Vec<i64> = sqlx::query_scalar(RELEASE)
+            .bind(task_ids)
+            .bind(worker)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        released.sort_unstable();
+        Ok(released)
     }
 
     #[tracing::instrument(skip(self, output))]

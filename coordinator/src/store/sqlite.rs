@@ -97,6 +97,13 @@ const HEARTBEAT: &str = "UPDATE tasks SET lease_expires_at = ?3 \
      WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running' \
      RETURNING id";
 
+/// Undoes the claim: the attempt is given back, the task is claimable again at once.
+const RELEASE: &str = "UPDATE tasks \
+     SET state = CASE WHEN attempt > 1 THEN 'retryable' ELSE 'available' END, \
+         attempt = attempt - 1, scheduled_at = ?3, lease_owner = NULL, lease_expires_at = NULL \
+     WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running' \
+     RETURNING id";
+
 const COMPLETE: &str = "UPDATE tasks \
      SET state = 'completed', sha256 = ?3, infotext = ?4, render_ms = ?5, finalized_at = ?6, \
          lease_owner = NULL, lease_expires_at = NULL \
@@ -381,6 +388,21 @@ impl Store for SqliteStore {
             .copied()
             .filter(|id| !held.contains(id))
             .collect())
+    }
+
+    async fn release(&self, worker: &str, task_ids: &[i64], now: Millis) -> Result<Vec<i64>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(task_ids).expect("a list of integers serializes");
+        let mut released: Vec<i64> = sqlx::query_scalar(RELEASE)
+            .bind(ids)
+            .bind(worker)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        released.sort_unstable();
+        Ok(released)
     }
 
     #[tracing::instrument(skip(self, output))]
