@@ -9,7 +9,6 @@
 //! Submodules are public so tests can check each stage against reference tensors.
 
 mod chain;
-pub mod clip;
 pub mod conditioning;
 pub mod config;
 mod error;
