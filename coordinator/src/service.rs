@@ -471,8 +471,12 @@ impl Coordinator {
         Ok(released)
     }
 
-    /// One rescuer pass: expired leases go back to the queue (or are discarded).
-    pub async fn rescue_once(&self) -> Result<()> {
+    /// One rescuer pass: expired leases go back to the queue (or are discarded). `None` when
+    /// another replica leads the rescuer and this one did nothing.
+    pub async fn rescue_once(&self) -> Result<Option<crate::store::RescueReport>> {
+        if !self.store.lead_rescue().await? {
+            return Ok(None);
+        }
         let report = self
             .store
             .rescue_expired(&self.config.retry, self.clock.now_ms())
@@ -488,7 +492,7 @@ impl Coordinator {
             self.events.publish(Event::JobChanged(None));
             self.work_ready.notify_waiters();
         }
-        Ok(())
+        Ok(Some(report))
     }
 
     /// Runs the rescuer until the coordinator shuts down.

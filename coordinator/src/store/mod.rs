@@ -365,6 +365,14 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<TaskState>;
 
+    /// Whether this replica should run the rescuer now. Among replicas on one database one
+    /// leads at a time (Postgres: an advisory lock held by a session of the leader). Only to
+    /// spare duplicate work: `rescue_expired` is safe to run concurrently. A single-process
+    /// store always leads.
+    async fn lead_rescue(&self) -> Result<bool> {
+        Ok(true)
+    }
+
     /// Returns running tasks whose lease expired before `now` to the queue with a backoff,
     /// or discards them when their attempts are used up, recording "lease expired" as the
     /// attempt's reason.

@@ -166,7 +166,14 @@ const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)";
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The session holding the rescuer's advisory lock while this replica leads; the lock
+    /// goes with the session, so a replica that dies hands the lead on by itself.
+    rescuer: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
+
+/// Advisory lock key of the rescuer leader ("sdfarm" and 1). Advisory locks are scoped to the
+/// database, so farms on other databases of one server do not contend.
+const RESCUER_LOCK_KEY: i64 = 0x7364_6661_726d_0001;
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://…`) and brings the schema up to date.
@@ -183,7 +190,10 @@ impl PostgresStore {
     /// migrators with an advisory lock, so replicas may start together).
     pub async fn from_pool(pool: PgPool) -> Result<Self> {
         MIGRATOR.run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            rescuer: tokio::sync::Mutex::new(None),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -398,6 +408,29 @@ impl Store for PostgresStore {
             .copied()
             .filter(|id| !held.contains(id))
             .collect())
+    }
+
+    async fn lead_rescue(&self) -> Result<bool> {
+        use sqlx::Connection;
+        let mut held = self.rescuer.lock().await;
+        if let Some(conn) = held.as_mut() {
+            if conn.ping().await.is_ok() {
+                return Ok(true);
+            }
+            // The session is gone and the server released the lock with it.
+            *held = None;
+        }
+        let options = self.pool.connect_options();
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        let leads: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RESCUER_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if leads {
+            tracing::info!("this replica now leads the rescuer");
+            *held = Some(conn);
+        }
+        Ok(leads)
     }
 
     async fn release(&self, worker: &str, task_ids: &[i64], now: Millis) -> Result<Vec<i64>> {
