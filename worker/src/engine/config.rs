@@ -15,6 +15,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::clip::ClipActivation;
 use super::EngineError;
 
 /// Reads and parses one JSON file of a model folder.
@@ -305,18 +306,28 @@ fn default_quick_gelu() -> String {
     "quick_gelu".into()
 }
 
+/// The text encoder's MLP activation (`hidden_act`, `quick_gelu` when absent).
+pub fn clip_activation(path: &Path) -> Result<ClipActivation, EngineError> {
+    let json: ClipJson = parse(path, read_json(path)?)?;
+    clip_activation_of(path, &json.hidden_act)
+}
+
+fn clip_activation_of(path: &Path, name: &str) -> Result<ClipActivation, EngineError> {
+    ClipActivation::from_hidden_act(name).ok_or_else(|| {
+        EngineError::invalid_model(
+            path,
+            format!("hidden_act = {name:?} is not supported; accepted: \"quick_gelu\", \"gelu\""),
+        )
+    })
+}
+
 /// `text_encoder/config.json` → candle's CLIP text configuration.
 pub fn clip_settings(path: &Path) -> Result<ClipTextConfig, EngineError> {
     let json: ClipJson = parse(path, read_json(path)?)?;
-    let activation = match json.hidden_act.as_str() {
-        "quick_gelu" => Activation::QuickGelu,
-        other => {
-            return Err(EngineError::invalid_model(
-                path,
-                format!("hidden_act = {other:?} is not supported; accepted: \"quick_gelu\""),
-            ))
-        }
-    };
+    // candle's config only knows quick_gelu; the activation itself is read by
+    // `clip_activation` and applied by sdfarm's own layers.
+    clip_activation_of(path, &json.hidden_act)?;
+    let activation = Activation::QuickGelu;
     if json.num_attention_heads == 0 || json.hidden_size % json.num_attention_heads != 0 {
         return Err(EngineError::invalid_model(
             path,

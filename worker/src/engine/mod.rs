@@ -9,6 +9,7 @@
 //! Submodules are public so tests can check each stage against reference tensors.
 
 mod chain;
+pub mod clip;
 pub mod conditioning;
 pub mod config;
 mod error;

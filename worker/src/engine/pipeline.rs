@@ -147,10 +147,11 @@ impl Pipeline {
             .and_then(|v| v.as_f64())
             .unwrap_or(1e-5);
         let clip_weights = dir.join("text_encoder/model.safetensors");
-        let text_encoder = TextEncoder::new(
+        let text_encoder = TextEncoder::with_activation(
             load_weights(&clip_weights, &device)?,
             &clip_config,
             layer_norm_eps,
+            config::clip_activation(&clip_config_path)?,
         )
         .map_err(|e| EngineError::invalid_model(&clip_weights, e.to_string()))?;
 

@@ -1,30 +1,41 @@
-//! The CLIP text encoder, assembled from candle's CLIP encoder layers.
+//! The CLIP text encoder: embeddings, sdfarm's transformer layers and the final norm.
 //!
 //! candle's `ClipTextTransformer` only returns the last layer, but A1111's "Clip skip" needs an
 //! earlier one: with clip skip `n > 1` the prompt embedding is `final_layer_norm` applied to the
-//! output of the n-th layer from the end. So the embeddings and final norm are built here around
-//! candle's public `ClipEncoder`, under the same `text_model.*` tensor names as transformers.
+//! output of the n-th layer from the end. candle's layers also lack SD 2.x's exact GELU, so the
+//! layers are [`super::clip`]'s, under the same `text_model.*` tensor names as transformers.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
-use candle_transformers::models::clip::text_model::{ClipEncoder, ClipTextConfig};
-use candle_transformers::models::clip::EncoderConfig;
+use candle_transformers::models::clip::text_model::ClipTextConfig;
+
+use super::clip::{ClipActivation, ClipLayers, ClipShape};
 
 /// CLIP text model: token + position embeddings, transformer layers, final layer norm.
 pub struct TextEncoder {
     token_embedding: Embedding,
     position_embedding: Embedding,
-    encoder: ClipEncoder,
+    encoder: ClipLayers,
     final_layer_norm: LayerNorm,
     num_layers: usize,
 }
 
 impl TextEncoder {
-    /// Builds the encoder from `text_model.*` tensors.
+    /// Builds an OpenAI CLIP (`quick_gelu`) encoder from `text_model.*` tensors.
     pub fn new(
         vb: VarBuilder,
         config: &ClipTextConfig,
         layer_norm_eps: f64,
+    ) -> candle_core::Result<Self> {
+        Self::with_activation(vb, config, layer_norm_eps, ClipActivation::QuickGelu)
+    }
+
+    /// Builds the encoder with the MLP activation its config names.
+    pub fn with_activation(
+        vb: VarBuilder,
+        config: &ClipTextConfig,
+        layer_norm_eps: f64,
+        activation: ClipActivation,
     ) -> candle_core::Result<Self> {
         let vb = vb.pp("text_model");
         let emb = vb.pp("embeddings");
@@ -38,7 +49,17 @@ impl TextEncoder {
             config.embed_dim,
             emb.pp("position_embedding"),
         )?;
-        let encoder = ClipEncoder::new(vb.pp("encoder"), &EncoderConfig::Text(config.clone()))?;
+        let encoder = ClipLayers::new(
+            vb.pp("encoder"),
+            &ClipShape {
+                dim: config.embed_dim,
+                intermediate: config.intermediate_size,
+                heads: config.num_attention_heads,
+                layers: config.num_hidden_layers,
+                layer_norm_eps,
+                activation,
+            },
+        )?;
         let final_layer_norm =
             candle_nn::layer_norm(config.embed_dim, layer_norm_eps, vb.pp("final_layer_norm"))?;
         Ok(TextEncoder {
@@ -66,13 +87,9 @@ impl TextEncoder {
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(batch, seq, ids.device())?;
-        let hidden = if clip_skip <= 1 {
-            self.encoder.forward(&xs, Some(&mask))?
-        } else {
-            let mut states = self.encoder.output_hidden_states(&xs, Some(&mask))?;
-            let index = states.len().saturating_sub(clip_skip.min(states.len()));
-            states.swap_remove(index)
-        };
+        let layers = self.encoder.len();
+        let count = layers + 1 - clip_skip.max(1).min(layers);
+        let hidden = self.encoder.forward_layers(&xs, &mask, count)?;
         self.final_layer_norm.forward(&hidden)
     }
 }
