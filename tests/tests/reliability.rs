@@ -326,3 +326,25 @@ async fn two_coordinators_finish_the_sweep_when_redis_stops_mid_sweep() {
     farm.wait_succeeded(&job, Duration::from_secs(180)).await;
     farm.assert_exactly(&job, 8).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_job_stops_its_running_render_at_the_next_step() {
+    let farm = Farm::start(1, None).await;
+    // Minutes of rendering if nothing stopped it.
+    let long = farm.submit(&sweep(1, 1000));
+    let _w = farm.worker("only", 0, "5");
+    farm.wait_until("a running task", Duration::from_secs(60), || {
+        !farm.tasks_in(&long, "running").is_empty()
+    })
+    .await;
+    sdfarm_ok(&["cancel", &long, "--coordinator", &farm.addr(0)], &[]);
+    // The only worker is free again within a heartbeat or two: a short job gets rendered.
+    let short = farm.submit(&sweep(1, 5));
+    farm.wait_succeeded(&short, Duration::from_secs(40)).await;
+    let status = farm.status(&long);
+    assert_eq!(status[0]["state"], "cancelled", "{status:?}");
+    assert!(
+        farm.images(&long).await.is_empty(),
+        "the cancelled render was not uploaded"
+    );
+}
