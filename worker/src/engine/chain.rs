@@ -351,6 +351,9 @@ pub(super) fn render_pixels(
             &mut |t| report(t.step, 0, offset),
         )?;
     }
-    let decoded = decode(&latents)?;
-    pipeline::decoded_to_rgb8(&decoded)
+    // A1111's pixels: `(255 * clamp((x + 1) / 2, 0, 1)).astype(uint8)` truncates, where
+    // diffusers rounds; users compare with A1111, so sdfarm truncates too. Parity tests
+    // against diffusers compare the float image and use `pipeline::decoded_to_rgb8`.
+    let image = resample::decoded_to_image(&decode(&latents)?)?;
+    Ok((image.width(), image.height(), image.into_raw()))
 }

@@ -309,6 +309,14 @@ mod tests {
     }
 
     #[test]
+    fn pixels_truncate_as_a1111_does() {
+        // 0.998 -> 254.745 truncates to 254 (diffusers rounds to 255); out of range clamps.
+        let x = Tensor::from_slice(&[0.998f32, -1.0, 1.5], (1, 3, 1, 1), &Device::Cpu).unwrap();
+        let image = decoded_to_image(&x).unwrap();
+        assert_eq!(image.as_raw(), &[254, 0, 255]);
+    }
+
+    #[test]
     fn upscaler_names_are_a1111s() {
         assert_eq!(
             Upscaler::from_name("").unwrap(),
