@@ -12,6 +12,7 @@ mod chain;
 pub mod clip;
 pub mod conditioning;
 pub mod config;
+pub mod device;
 mod error;
 pub mod hires;
 pub mod init_image;
@@ -228,7 +229,7 @@ impl Engine {
         drop(vaes);
         let vae = Arc::new(crate::models::vae::load(
             &resolved.path,
-            &candle_core::Device::Cpu,
+            &device::default_device()?,
         )?);
         let mut vaes = self.vaes.lock().expect("engine vae cache");
         vaes.push((resolved.path.clone(), vae.clone()));

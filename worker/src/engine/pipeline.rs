@@ -120,9 +120,10 @@ fn load_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>, Eng
 
 impl Pipeline {
     /// Loads a diffusers folder (`unet/`, `vae/`, `text_encoder/`, optional `tokenizer/` and
-    /// `scheduler/`) onto the CPU.
+    /// `scheduler/`) onto the worker's device (`SDFARM_DEVICE`, the CPU unless a CUDA build
+    /// finds a GPU).
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
-        Self::load_on(dir, Device::Cpu)
+        Self::load_on(dir, super::device::default_device()?)
     }
 
     /// Loads a diffusers folder onto `device`.
@@ -690,7 +691,8 @@ fn emphasize(z: &Tensor, multipliers: &[f32]) -> Result<Tensor, EngineError> {
 
 /// Converts a decoded `[1, 3, H, W]` image in [-1, 1] to row-major RGB8:
 /// `round((x / 2 + 0.5).clamp(0, 1) * 255)` with ties to even, as numpy's `round` in diffusers'
-/// `numpy_to_pil` does.
+/// `numpy_to_pil` does. Renders use A1111's truncation instead
+/// ([`super::resample::decoded_to_image`]); this one is for parity with diffusers.
 pub fn decoded_to_rgb8(decoded: &Tensor) -> Result<(u32, u32, Vec<u8>), EngineError> {
     let (batch, channels, height, width) = decoded.dims4()?;
     if batch != 1 || channels != 3 {
