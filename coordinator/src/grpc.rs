@@ -271,6 +271,7 @@ impl WorkerService for GrpcApi {
                 r.protocol_version,
                 &r.worker_id,
                 &r.pool,
+                &r.loaded_models,
                 r.max_tasks,
                 Duration::from_millis(r.wait_ms as u64),
             )

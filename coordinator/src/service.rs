@@ -303,12 +303,14 @@ impl Coordinator {
     }
 
     /// Leases up to `max` tasks of `pool` (empty: the default pool), waiting up to `wait`
-    /// for work to appear.
+    /// for work to appear. Tasks for the `loaded_models` the worker holds come first, within
+    /// the highest waiting priority.
     pub async fn lease(
         &self,
         protocol_version: u32,
         worker_id: &str,
         pool: &str,
+        loaded_models: &[String],
         max: u32,
         wait: Duration,
     ) -> Result<Vec<TaskRecord>> {
@@ -322,16 +324,24 @@ impl Coordinator {
             // Register interest before claiming so a submit between the claim and the wait
             // is not missed.
             let notified = self.work_ready.notified();
-            let tasks = self
+            let now = self.clock.now_ms();
+            let mut tasks = self
                 .store
-                .claim(
+                .claim_for_models(
                     worker_id,
                     pool,
+                    loaded_models,
                     max.max(1),
                     self.lease_ms(),
-                    self.clock.now_ms(),
+                    now,
                 )
                 .await?;
+            if tasks.is_empty() {
+                tasks = self
+                    .store
+                    .claim(worker_id, pool, max.max(1), self.lease_ms(), now)
+                    .await?;
+            }
             if !tasks.is_empty() {
                 self.workers.leased(worker_id, tasks.len() as u32);
                 let now = self.clock.now_ms();

@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use super::*;
 
+mod affinity;
 mod fixtures;
 mod groups;
 mod jobs;
@@ -24,6 +25,7 @@ mod pools;
 mod release;
 mod streaming;
 
+use affinity::*;
 use fixtures::{submit, LEASE, T0};
 use groups::*;
 use jobs::*;
@@ -79,6 +81,7 @@ conformance!(
     failed_stream_stores_nothing,
     release_returns_tasks_without_using_an_attempt,
     released_retry_stays_retryable_with_its_history,
+    loaded_models_are_claimed_first_within_the_top_priority,
 );
 
 async fn on_sqlite<F, Fut>(check: F)

@@ -309,6 +309,20 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<TaskRecord>>;
 
+    /// Like `claim`, restricted to tasks whose model is one of `models` (those the worker
+    /// holds in memory) and to the highest priority any claimable task of the pool has: a
+    /// model load costs more than dozens of images, but never a higher priority's turn.
+    /// Empty when no such task waits; the caller then claims normally.
+    async fn claim_for_models(
+        &self,
+        worker: &str,
+        pool: &str,
+        models: &[String],
+        max: u32,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>>;
+
     /// Extends the leases `worker` holds on `task_ids` to `now + lease_ms`. Returns the ids
     /// of tasks it no longer holds (expired and rescued, completed elsewhere, cancelled).
     async fn heartbeat(

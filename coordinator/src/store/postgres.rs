@@ -99,6 +99,36 @@ const CLAIM: &str = concat!(
     task_columns!()
 );
 
+/// The claim of a worker that holds models in memory: their tasks, but only at the highest
+/// priority anything claimable has, so affinity never jumps the priority order.
+const CLAIM_FOR_MODELS: &str = concat!(
+    "WITH top AS ( \
+         SELECT t.priority AS top_priority FROM tasks t \
+         WHERE t.pool = $5 \
+           AND t.state IN ('available', 'retryable') \
+           AND t.scheduled_at <= $1 \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
+         ORDER BY t.priority DESC, t.id \
+         LIMIT 1 \
+     ), claimable AS ( \
+         SELECT t.id AS claim_id FROM tasks t, top \
+         WHERE t.pool = $5 \
+           AND t.params->>'model' = ANY($6) \
+           AND t.priority = top.top_priority \
+           AND t.state IN ('available', 'retryable') \
+           AND t.scheduled_at <= $1 \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
+         ORDER BY t.id \
+         LIMIT $2 \
+         FOR UPDATE OF t SKIP LOCKED \
+     ) \
+     UPDATE tasks \
+     SET state = 'running', attempt = attempt + 1, lease_owner = $3, lease_expires_at = $4 \
+     FROM claimable WHERE tasks.id = claimable.claim_id \
+     RETURNING ",
+    task_columns!()
+);
+
 /// Locks in id order (see module docs) before extending.
 const HEARTBEAT: &str = "WITH held AS ( \
          SELECT id AS held_id FROM tasks \
@@ -382,6 +412,30 @@ impl Store for PostgresStore {
             .bind(worker)
             .bind(now.saturating_add(lease_ms))
             .bind(pool)
+            .fetch_all(&self.pool)
+            .await?;
+        claimed_in_order(rows)
+    }
+
+    async fn claim_for_models(
+        &self,
+        worker: &str,
+        pool: &str,
+        models: &[String],
+        max: u32,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>> {
+        if max == 0 || models.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM_FOR_MODELS)
+            .bind(now)
+            .bind(i64::from(max))
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .bind(pool)
+            .bind(models)
             .fetch_all(&self.pool)
             .await?;
         claimed_in_order(rows)

@@ -92,6 +92,33 @@ const CLAIM: &str = concat!(
     task_columns!()
 );
 
+/// The claim of a worker that holds models in memory (`?6`, a JSON array): their tasks, but
+/// only at the highest priority anything claimable has.
+const CLAIM_FOR_MODELS: &str = concat!(
+    "UPDATE tasks \
+     SET state = 'running', attempt = attempt + 1, lease_owner = ?1, lease_expires_at = ?2 \
+     WHERE id IN ( \
+         SELECT t.id FROM tasks t \
+         WHERE t.pool = ?5 \
+           AND json_extract(t.params, '$.model') IN (SELECT value FROM json_each(?6)) \
+           AND t.priority = ( \
+               SELECT t2.priority FROM tasks t2 \
+               WHERE t2.pool = ?5 \
+                 AND t2.state IN ('available', 'retryable') \
+                 AND t2.scheduled_at <= ?3 \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t2.job_id AND j.cancelled) \
+               ORDER BY t2.priority DESC, t2.id \
+               LIMIT 1) \
+           AND t.state IN ('available', 'retryable') \
+           AND t.scheduled_at <= ?3 \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
+         ORDER BY t.id \
+         LIMIT ?4 \
+     ) \
+     RETURNING ",
+    task_columns!()
+);
+
 /// `?1` is a JSON array of task ids: SQLite has no array parameters.
 const HEARTBEAT: &str = "UPDATE tasks SET lease_expires_at = ?3 \
      WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running' \
@@ -360,6 +387,33 @@ impl Store for SqliteStore {
             .bind(now)
             .bind(i64::from(max))
             .bind(pool)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        claimed_in_order(rows)
+    }
+
+    async fn claim_for_models(
+        &self,
+        worker: &str,
+        pool: &str,
+        models: &[String],
+        max: u32,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>> {
+        if max == 0 || models.is_empty() {
+            return Ok(Vec::new());
+        }
+        let models = serde_json::to_string(models).expect("a list of strings serializes");
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM_FOR_MODELS)
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .bind(now)
+            .bind(i64::from(max))
+            .bind(pool)
+            .bind(models)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
