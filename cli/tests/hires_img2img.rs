@@ -1,6 +1,7 @@
 //! Hires fix and img2img through `sdfarm run` on the built-in tiny model (32x32 first pass):
-//! latent and Lanczos upscalers, init images from a path and a `file://` URL, infotexts that
-//! read back through `sdfarm info`, and byte-identical PNGs when a task renders twice.
+//! latent and Lanczos upscalers, init images from a path, a `file://` URL and an input-store
+//! key, infotexts that read back through `sdfarm info`, and byte-identical PNGs when a task
+//! renders twice.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,18 +18,26 @@ fn sdfarm(args: &[&str]) -> Output {
 /// Renders `sweep` into `dir/<out>` and returns the job's image paths (grids left out), in
 /// name order.
 fn run(dir: &Path, out: &str, sweep: &str) -> Vec<PathBuf> {
+    run_with(dir, out, sweep, &[])
+}
+
+fn run_with(dir: &Path, out: &str, sweep: &str, env: &[(&str, &Path)]) -> Vec<PathBuf> {
     let sweep_path = dir.join(format!("{out}.toml"));
     std::fs::write(&sweep_path, sweep).unwrap();
     let out_dir = dir.join(out);
     let cache = dir.join("cache");
-    let res = sdfarm(&[
-        "run",
-        sweep_path.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-    ]);
+    let res = Command::new(env!("CARGO_BIN_EXE_sdfarm"))
+        .args([
+            "run",
+            sweep_path.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("running sdfarm");
     assert!(
         res.status.success(),
         "{}",
@@ -172,6 +181,17 @@ fn img2img_from_a_path_and_a_url_denoises_the_init_image() {
     let url = format!("file://{path}");
     let by_url = run(dir.path(), "u", &sweep(&url, 0.5));
     let stronger = run(dir.path(), "s", &sweep(&path, 0.9));
+    // A bare key is read from the worker's input store.
+    let by_key = run_with(
+        dir.path(),
+        "k",
+        &sweep("init.png", 0.5),
+        &[("SDFARM_INPUT_STORE", dir.path())],
+    );
+    assert_eq!(
+        std::fs::read(&by_path[0]).unwrap(),
+        std::fs::read(&by_key[0]).unwrap()
+    );
     assert_eq!(size(&by_path[0]), (32, 32));
     assert_eq!(
         std::fs::read(&by_path[0]).unwrap(),

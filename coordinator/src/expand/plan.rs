@@ -118,6 +118,7 @@ pub fn plan_json_lines(spec: &SweepSpec, seed: i64) -> impl Iterator<Item = Valu
             ("sigma_max", p.sigma_max),
             ("rho", p.rho),
             ("denoising_strength", p.denoising_strength),
+            ("hr_scale", p.hr_scale),
             ("refiner_switch_at", p.refiner_switch_at),
             ("initial_noise_multiplier", p.initial_noise_multiplier),
             ("img2img_extra_noise", p.extra_noise),
@@ -129,12 +130,27 @@ pub fn plan_json_lines(spec: &SweepSpec, seed: i64) -> impl Iterator<Item = Valu
         }
         let texts = [
             ("hr_sampler_name", &p.hr_sampler_name),
+            ("hr_scheduler", &p.hr_scheduler),
+            ("hr_prompt", &p.hr_prompt),
+            ("hr_negative_prompt", &p.hr_negative_prompt),
             ("hr_upscaler", &p.hr_upscaler),
+            ("init_image", &p.init_image),
             ("sd_vae", &p.vae),
             ("refiner_checkpoint", &p.refiner_checkpoint),
         ];
         for (key, v) in texts {
             if !v.is_empty() {
+                line[key] = json!(v);
+            }
+        }
+        if p.enable_hr {
+            line["enable_hr"] = json!(true);
+        }
+        for (key, v) in [
+            ("hr_resize_x", p.hr_resize_x),
+            ("hr_resize_y", p.hr_resize_y),
+        ] {
+            if v != 0 {
                 line[key] = json!(v);
             }
         }

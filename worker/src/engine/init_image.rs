@@ -1,6 +1,7 @@
 //! img2img input images: read from a local path, an object-store URL (`s3://bucket/a.png`,
-//! `gs://…`, `file:///dir/a.png`) or a key in the worker's input store, decoded from PNG and
-//! flattened onto white as A1111 does with `img2img_background_color`'s default.
+//! `gs://…`, `file:///dir/a.png`) or a key in the worker's input store (`SDFARM_INPUT_STORE`),
+//! decoded from PNG and flattened onto white as A1111 does with `img2img_background_color`'s
+//! default.
 
 use std::path::Path;
 
@@ -57,7 +58,7 @@ fn read(reference: &str, store: Option<&OutputStore>) -> Result<Vec<u8>, EngineE
         Some(store) => fetch(store, reference).map_err(|e| bad(reference, e)),
         None => Err(bad(
             reference,
-            "no such file, and this worker has no input store",
+            "no such file, and this worker has no input store (SDFARM_INPUT_STORE)",
         )),
     }
 }

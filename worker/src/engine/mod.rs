@@ -96,12 +96,26 @@ pub struct Engine {
     max_loaded_bytes: u64,
 }
 
+/// `SDFARM_INPUT_STORE`: an object-store URL img2img `init_image` keys are read from (usually
+/// the farm's output store). A URL that does not open is reported once and ignored, so a
+/// worker still renders txt2img.
+fn input_store_from_env() -> Option<OutputStore> {
+    let url = std::env::var("SDFARM_INPUT_STORE").ok()?;
+    match OutputStore::open(url.trim()) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!("SDFARM_INPUT_STORE ignored: {e}");
+            None
+        }
+    }
+}
+
 impl Engine {
     pub fn new(resolver: ModelResolver) -> Self {
         Engine {
             resolver,
             loaded: Mutex::new(HashMap::new()),
-            input_store: None,
+            input_store: input_store_from_env(),
             vaes: Mutex::new(Vec::new()),
             max_loaded: MAX_LOADED,
             max_loaded_bytes: std::env::var("SDFARM_MODEL_MEMORY_BYTES")
