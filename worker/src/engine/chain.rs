@@ -8,6 +8,7 @@ use sdfarm_proto::RenderParams;
 use super::hires::{self, HiresPlan};
 use super::noise::{self, NoiseSource};
 use super::pipeline::{self, Pipeline, SampleSettings, ScheduledCond};
+use super::prompt_parser::prompt_schedule;
 use super::resample::{self, Upscaler};
 use super::sampler::{Sampler, SamplerOptions};
 use super::scheduler::{ScheduleOverrides, ScheduleType};
@@ -166,21 +167,30 @@ impl HiresPass {
     }
 }
 
-/// Prompt embeddings for a pass of `steps` steps: prompt editing counts model calls, and
-/// second-order samplers make two per step.
+/// Model calls of a pass: prompt editing counts them, and second-order samplers make two per
+/// step (A1111's `total_steps`).
+fn model_calls(sampler: Sampler, steps: usize) -> usize {
+    steps * if sampler.second_order() { 2 } else { 1 }
+}
+
+/// Prompt embeddings for a pass. `hires` is `Some((first_pass_calls, hires_calls))` for the
+/// hires pass, where A1111 reads `[a:b:when]` over both passes: integers count on from the
+/// first pass, fractions above 1.0 fall in the second.
 fn conds(
     pipeline: &Pipeline,
     prompt: &str,
     negative: &str,
-    sampler: Sampler,
-    steps: usize,
+    calls: usize,
+    hires: Option<usize>,
     clip_skip: usize,
 ) -> Result<(ScheduledCond, ScheduledCond), EngineError> {
-    let calls = steps * if sampler.second_order() { 2 } else { 1 };
-    Ok((
-        pipeline.encode_schedule(prompt, calls, clip_skip)?,
-        pipeline.encode_schedule(negative, calls, clip_skip)?,
-    ))
+    let encode = |text: &str| -> Result<ScheduledCond, EngineError> {
+        prompt_schedule(text, calls, hires, false)
+            .into_iter()
+            .map(|(end, text)| Ok((end, pipeline.encode_prompt(&text, clip_skip)?)))
+            .collect()
+    };
+    Ok((encode(prompt)?, encode(negative)?))
 }
 
 /// The image's initial noise for a latent shape, and the source that continues it for
@@ -248,12 +258,13 @@ pub(super) fn render_pixels(
     let (noise, mut source) = noise_for(params, shape)?;
     let noise = noise.to_device(&device)?;
     let numel: usize = shape.iter().product();
+    let first_calls = model_calls(first.0, steps);
     let (cond, uncond) = conds(
         pipeline,
         &params.prompt,
         &params.negative_prompt,
-        first.0,
-        steps,
+        first_calls,
+        None,
         clip_skip,
     )?;
     let mut latents = {
@@ -330,8 +341,15 @@ pub(super) fn render_pixels(
         } else {
             &params.hr_negative_prompt
         };
-        let (hr_cond, hr_uncond) =
-            conds(pipeline, prompt, negative, hr.sampler, hr.steps, clip_skip)?;
+        let hr_calls = model_calls(hr.sampler, hr.steps);
+        let (hr_cond, hr_uncond) = conds(
+            pipeline,
+            prompt,
+            negative,
+            first_calls,
+            Some(hr_calls),
+            clip_skip,
+        )?;
         let (schedule_len, t_enc) = hires::img2img_steps(hr.steps, params.denoising_strength, true);
         let mut fresh = || -> Result<Tensor, EngineError> {
             Ok(Tensor::from_vec(
