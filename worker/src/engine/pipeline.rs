@@ -5,7 +5,6 @@
 //! loop with classifier-free guidance, starting from given noise) and [`Pipeline::decode`] /
 //! [`decoded_to_rgb8`] (VAE and pixel conversion).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -14,8 +13,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use super::conditioning;
 use super::config::{self, VaeSettings};
-use super::kdiffusion;
-use super::sampler::{self, DdimVariant, NoiseFn, Sampler, SamplerOptions, StepInfo};
+use super::sampler::{DdimVariant, NoiseFn, Sampler, SamplerOptions};
 use super::schedule::DiscreteSchedule;
 use super::scheduler::{self, ScheduleOverrides, ScheduleType};
 use super::text_encoder::TextEncoder;
@@ -24,6 +22,8 @@ use super::tokenizer::END_OF_TEXT;
 use super::unet::UNet;
 use super::vae_encoder::VaeEncoder;
 use super::EngineError;
+
+mod sampling;
 
 /// A loaded SD 1.x model: tokenizer, text encoder, UNet, VAE and training schedule.
 pub struct Pipeline {
@@ -437,219 +437,6 @@ impl Pipeline {
         let cond = vec![(settings.steps, cond.clone())];
         let uncond = vec![(settings.steps, uncond.clone())];
         self.sample_scheduled(settings, &cond, &uncond, noise, fresh_noise, observe)
-    }
-
-    /// [`Pipeline::sample`] with prompt-editing schedules for both prompts.
-    pub fn sample_scheduled(
-        &self,
-        settings: &SampleSettings,
-        cond: &ScheduledCond,
-        uncond: &ScheduledCond,
-        noise: &Tensor,
-        fresh_noise: &mut NoiseFn<'_>,
-        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
-    ) -> Result<Tensor, EngineError> {
-        self.sample_from(settings, cond, uncond, noise, None, fresh_noise, observe)
-    }
-
-    /// A partial denoise of `init` latents as A1111's `sample_img2img`: `settings.steps` is
-    /// the full schedule length and the last `t_enc + 1` sigmas run, starting from
-    /// `init + noise * sigma` (DDIM: `init * sqrt(a) + noise * sqrt(1 - a)` at
-    /// `timesteps[t_enc]`, then the timesteps before it).
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample_img2img(
-        &self,
-        settings: &SampleSettings,
-        cond: &ScheduledCond,
-        uncond: &ScheduledCond,
-        init: &Tensor,
-        noise: &Tensor,
-        t_enc: usize,
-        fresh_noise: &mut NoiseFn<'_>,
-        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
-    ) -> Result<Tensor, EngineError> {
-        self.sample_from(
-            settings,
-            cond,
-            uncond,
-            noise,
-            Some((init, t_enc)),
-            fresh_noise,
-            observe,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn sample_from(
-        &self,
-        settings: &SampleSettings,
-        cond: &ScheduledCond,
-        uncond: &ScheduledCond,
-        noise: &Tensor,
-        partial: Option<(&Tensor, usize)>,
-        fresh_noise: &mut NoiseFn<'_>,
-        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
-    ) -> Result<Tensor, EngineError> {
-        if settings.steps == 0 || settings.steps > self.schedule.len() {
-            return Err(EngineError::param(
-                "steps",
-                settings.steps,
-                format!("1 to {}", self.schedule.len()),
-            ));
-        }
-        if cond.is_empty() || uncond.is_empty() {
-            return Err(EngineError::param(
-                "prompt",
-                "(no embeddings)",
-                "at least one schedule entry",
-            ));
-        }
-        let cfg = settings.cfg_scale;
-        let last_unet_out: RefCell<Option<Tensor>> = RefCell::new(None);
-        let calls = std::cell::Cell::new(0usize);
-        let cond_ends: Vec<usize> = cond.iter().map(|(end, _)| *end).collect();
-        let uncond_ends: Vec<usize> = uncond.iter().map(|(end, _)| *end).collect();
-
-        // Guided model output for a model input already scaled for the UNet. A1111 counts
-        // model calls to pick each prompt's scheduled embedding.
-        let guided_eps = |model_input: &Tensor, timestep: f64| -> Result<Tensor, EngineError> {
-            let call = calls.get();
-            calls.set(call + 1);
-            let c = &cond[conditioning::entry_for_call(&cond_ends, call)].1;
-            let u = &uncond[conditioning::entry_for_call(&uncond_ends, call)].1;
-            // Batch order [uncond, cond], as diffusers stacks them; prompts of different
-            // chunk counts run as two batches, as A1111 does without padding.
-            let out = if c.dim(1)? == u.dim(1)? {
-                let context = Tensor::cat(&[u, c], 0)?;
-                let batch = Tensor::cat(&[model_input, model_input], 0)?;
-                self.unet.forward(&batch, timestep, &context)?
-            } else {
-                let out_u = self.unet.forward(model_input, timestep, u)?;
-                let out_c = self.unet.forward(model_input, timestep, c)?;
-                Tensor::cat(&[out_u, out_c], 0)?
-            };
-            let out_uncond = out.i(0..1)?;
-            let out_cond = out.i(1..2)?;
-            let guided = (&out_uncond + ((&out_cond - &out_uncond)?.affine(cfg as f64, 0.0))?)?;
-            *last_unet_out.borrow_mut() = Some(out);
-            Ok(guided)
-        };
-
-        let mut on_step = |info: StepInfo<'_>| -> Result<bool, EngineError> {
-            let unet_out = last_unet_out.borrow();
-            let unet_out = unet_out
-                .as_ref()
-                .expect("the model runs before every step ends");
-            Ok(observe(StepTrace {
-                step: info.step,
-                total: info.total,
-                unet_out,
-                latents: info.latents,
-            }))
-        };
-
-        match settings.sampler.algorithm() {
-            Some(algorithm) => {
-                let mut sigmas = settings.sigmas(&self.schedule)?;
-                let x = match partial {
-                    None => noise.affine(sigmas[0] as f64, 0.0)?,
-                    Some((init, t_enc)) => {
-                        let first = super::hires::first_sigma_index(settings.steps, t_enc)
-                            .min(sigmas.len() - 1);
-                        sigmas.drain(..first);
-                        (init + noise.affine(sigmas[0] as f64, 0.0)?)?
-                    }
-                };
-                self.run_kdiffusion(
-                    algorithm,
-                    settings,
-                    &sigmas,
-                    x,
-                    &guided_eps,
-                    fresh_noise,
-                    &mut on_step,
-                )
-            }
-            None => {
-                let mut timesteps = match settings.ddim {
-                    DdimVariant::Diffusers => self.schedule.ddim_timesteps(settings.steps),
-                    DdimVariant::A1111 => {
-                        sampler::a1111_ddim_timesteps(self.schedule.len(), settings.steps)
-                    }
-                };
-                let ac = self.schedule.alphas_cumprod();
-                let x = match partial {
-                    None => noise.clone(),
-                    Some((init, t_enc)) => {
-                        let t_enc = t_enc.min(timesteps.len() - 1);
-                        let a = ac[timesteps[t_enc]];
-                        timesteps.truncate(t_enc);
-                        (init.affine(a.sqrt() as f64, 0.0)?
-                            + noise.affine((1.0 - a).sqrt() as f64, 0.0)?)?
-                    }
-                };
-                let mut eps_model = |x: &Tensor, t: usize| -> Result<Tensor, EngineError> {
-                    let out = guided_eps(x, t as f64)?;
-                    match self.prediction {
-                        Prediction::Epsilon => Ok(out),
-                        // eps = sqrt(a) * v + sqrt(1 - a) * x
-                        Prediction::V => Ok((out.affine(ac[t].sqrt() as f64, 0.0)?
-                            + x.affine((1.0 - ac[t]).sqrt() as f64, 0.0)?)?),
-                    }
-                };
-                sampler::sample_ddim(
-                    &mut eps_model,
-                    x,
-                    &self.schedule,
-                    &timesteps,
-                    settings.ddim,
-                    settings.options.eta,
-                    fresh_noise,
-                    &mut on_step,
-                )
-            }
-        }
-    }
-
-    /// A k-diffusion sampler over the model wrapped as k-diffusion's `CompVisDenoiser`
-    /// (`D(x, s) = x - s * eps(x * c_in, t(s))`) or `CompVisVDenoiser`
-    /// (`D(x, s) = x / (s^2 + 1) - s / sqrt(s^2 + 1) * v(x * c_in, t(s))`), with
-    /// `c_in = 1 / sqrt(s^2 + 1)`.
-    #[allow(clippy::too_many_arguments)]
-    fn run_kdiffusion(
-        &self,
-        algorithm: kdiffusion::Algorithm,
-        settings: &SampleSettings,
-        sigmas: &[f32],
-        x: Tensor,
-        guided_eps: &dyn Fn(&Tensor, f64) -> Result<Tensor, EngineError>,
-        fresh_noise: &mut NoiseFn<'_>,
-        on_step: &mut sampler::StepFn<'_>,
-    ) -> Result<Tensor, EngineError> {
-        let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor, EngineError> {
-            let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
-            let t = self.schedule.sigma_to_t(sigma) as f64;
-            let out = guided_eps(&x.affine(c_in as f64, 0.0)?, t)?;
-            match self.prediction {
-                Prediction::Epsilon => Ok((x + out.affine(-sigma as f64, 0.0)?)?),
-                Prediction::V => {
-                    let s2 = sigma * sigma + 1.0;
-                    let c_skip = 1.0 / s2;
-                    let c_out = -sigma / s2.sqrt();
-                    Ok((x.affine(c_skip as f64, 0.0)? + out.affine(c_out as f64, 0.0)?)?)
-                }
-            }
-        };
-        let options = settings.options.kdiffusion(settings.sampler);
-        kdiffusion::sample(
-            algorithm,
-            &mut denoise,
-            x,
-            sigmas,
-            &options,
-            fresh_noise,
-            on_step,
-        )
     }
 
     /// VAE encode of an image `[1, 3, H, W]` in [-1, 1] to latents as LDM's
