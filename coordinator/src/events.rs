@@ -15,6 +15,8 @@ pub enum Event {
     /// A worker talked to some replica: every replica's view of the farm (metrics, scaling)
     /// counts it, whichever replica it happens to reach.
     Presence(Presence),
+    /// An operator asked this worker to drain; whichever replica it talks to tells it.
+    Drain(String),
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

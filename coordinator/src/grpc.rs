@@ -211,7 +211,7 @@ impl JobService for GrpcApi {
                             }
                             false
                         }
-                        Ok(Event::Presence(_)) => false,
+                        Ok(Event::Presence(_) | Event::Drain(_)) => false,
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
@@ -288,7 +288,10 @@ impl WorkerService for GrpcApi {
                 lease_expires_at_ms: t.lease_expires_at.unwrap_or(0),
             })
             .collect();
-        Ok(Response::new(pb::LeaseResponse { tasks }))
+        Ok(Response::new(pb::LeaseResponse {
+            tasks,
+            drain: self.inner.is_draining(&r.worker_id),
+        }))
     }
 
     async fn heartbeat(
@@ -303,7 +306,26 @@ impl WorkerService for GrpcApi {
         Ok(Response::new(pb::HeartbeatResponse {
             lost_task_ids,
             lease_expires_at_ms,
+            drain: self.inner.is_draining(&r.worker_id),
         }))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        // The service admits workers too; draining others is an operator's call.
+        if let Some(caller) = req.extensions().get::<crate::auth::Caller>() {
+            if caller.role != crate::auth::Role::Admin {
+                return Err(Status::permission_denied(format!(
+                    "a {} token cannot drain workers; it needs an admin token",
+                    caller.role.as_str()
+                )));
+            }
+        }
+        let r = req.into_inner();
+        self.inner.drain_worker(&r.worker_id)?;
+        Ok(Response::new(pb::DrainResponse {}))
     }
 
     async fn progress(

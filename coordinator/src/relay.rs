@@ -60,6 +60,9 @@ enum WireEvent {
         job_id: String,
     },
     Presence(Presence),
+    Drain {
+        worker: String,
+    },
 }
 
 impl From<Event> for WireEvent {
@@ -74,6 +77,7 @@ impl From<Event> for WireEvent {
                 job_id: p.job_id,
             },
             Event::Presence(p) => WireEvent::Presence(p),
+            Event::Drain(worker) => WireEvent::Drain { worker },
         }
     }
 }
@@ -96,6 +100,7 @@ impl From<WireEvent> for Event {
                 job_id,
             }),
             WireEvent::Presence(p) => Event::Presence(p),
+            WireEvent::Drain { worker } => Event::Drain(worker),
         }
     }
 }
@@ -273,6 +278,7 @@ mod tests {
                 pool: "a100".into(),
                 holding: Some(2),
             }),
+            Event::Drain("w-2".into()),
         ];
         for e in events {
             let wire = Wire {

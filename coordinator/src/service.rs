@@ -128,16 +128,36 @@ impl Coordinator {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 let Some(me) = me.upgrade() else { return };
-                if let Event::Presence(p) = event {
-                    let now = me.clock.now_ms();
-                    me.workers.seen(&p.worker, Some(&p.pool), now);
-                    if let Some(n) = p.holding {
-                        me.workers.holding(&p.worker, n);
+                let now = me.clock.now_ms();
+                match event {
+                    Event::Presence(p) => {
+                        me.workers.seen(&p.worker, Some(&p.pool), now);
+                        if let Some(n) = p.holding {
+                            me.workers.holding(&p.worker, n);
+                        }
                     }
+                    Event::Drain(worker) => me.workers.drain(&worker, now),
+                    _ => {}
                 }
             }
         });
         Ok(())
+    }
+
+    /// Asks a worker to drain: its next heartbeat or lease reply says so (on every replica
+    /// when Redis connects them; otherwise on this one).
+    pub fn drain_worker(&self, worker_id: &str) -> Result<()> {
+        if worker_id.is_empty() {
+            return Err(Error::InvalidArgument("worker_id is empty".into()));
+        }
+        self.workers.drain(worker_id, self.clock.now_ms());
+        tracing::info!(worker = worker_id, "worker asked to drain");
+        self.events.publish(Event::Drain(worker_id.to_string()));
+        Ok(())
+    }
+
+    pub fn is_draining(&self, worker_id: &str) -> bool {
+        self.workers.is_draining(worker_id)
     }
 
     /// Tells every replica this worker is alive (only the pool and, when known, its load).

@@ -16,6 +16,8 @@ pub struct WorkerInfo {
     pub last_seen: Millis,
     /// Tasks the worker holds leases on, as far as this replica knows.
     pub holding: u32,
+    /// An operator asked it to drain; told in every heartbeat and lease reply.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,6 +66,7 @@ impl Workers {
                 registered_at: now,
                 last_seen: now,
                 holding: 0,
+                draining: false,
             },
         );
     }
@@ -73,7 +76,12 @@ impl Workers {
     pub fn seen(&self, id: &str, pool: Option<&str>, now: Millis) {
         let mut map = self.map.lock().unwrap();
         match map.get_mut(id) {
-            Some(w) => w.last_seen = now,
+            Some(w) => {
+                w.last_seen = now;
+                if w.pool.is_empty() {
+                    w.pool = pool.unwrap_or_default().to_string();
+                }
+            }
             None => {
                 if let Some(pool) = pool {
                     map.insert(
@@ -85,6 +93,7 @@ impl Workers {
                             registered_at: now,
                             last_seen: now,
                             holding: 0,
+                            draining: false,
                         },
                     );
                 }
@@ -109,6 +118,26 @@ impl Workers {
         if let Some(w) = self.map.lock().unwrap().get_mut(id) {
             w.holding = n;
         }
+    }
+
+    /// Marks a worker to drain; a worker this replica has not heard from yet is remembered
+    /// for when it shows up (its pool is learnt then).
+    pub fn drain(&self, id: &str, now: Millis) {
+        let mut map = self.map.lock().unwrap();
+        let w = map.entry(id.to_string()).or_insert_with(|| WorkerInfo {
+            name: id.to_string(),
+            pool: String::new(),
+            labels: BTreeMap::new(),
+            registered_at: now,
+            last_seen: now,
+            holding: 0,
+            draining: false,
+        });
+        w.draining = true;
+    }
+
+    pub fn is_draining(&self, id: &str) -> bool {
+        self.map.lock().unwrap().get(id).is_some_and(|w| w.draining)
     }
 
     pub fn pool_of(&self, id: &str) -> Option<String> {

@@ -138,6 +138,14 @@ async fn a_worker_token_leases_but_cannot_submit_or_cancel() {
     let mut w = workers(&farm, Some(WORKER)).await;
     let id = register(&mut w).await.unwrap();
     assert_eq!(lease(&mut w, &id).await.unwrap(), 1);
+    // Draining workers is an operator's call, even on the worker service.
+    let e = w
+        .drain(pb::DrainRequest {
+            worker_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
     let mut as_client = jobs(&farm, Some(WORKER)).await;
     let e = submit(&mut as_client).await.unwrap_err();
@@ -167,6 +175,24 @@ async fn an_admin_token_reaches_both_services() {
     let mut w = workers(&farm, Some(ADMIN)).await;
     let id = register(&mut w).await.unwrap();
     assert_eq!(lease(&mut w, &id).await.unwrap(), 1);
+    w.drain(pb::DrainRequest {
+        worker_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let reply = w
+        .heartbeat(pb::HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: id,
+            task_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply.drain,
+        "the drained worker is told in its heartbeat reply"
+    );
     c.cancel(pb::CancelRequest { job_id: job }).await.unwrap();
 }
 

@@ -348,3 +348,45 @@ async fn cancelling_a_job_stops_its_running_render_at_the_next_step() {
         "the cancelled render was not uploaded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_drain_reaches_the_worker_through_its_heartbeat() {
+    use sdfarm_proto::v1::{worker_service_client::WorkerServiceClient, DrainRequest};
+    let farm = Farm::start(1, None).await;
+    let job = farm.submit(&sweep(2, 1000));
+    let mut w = farm.worker("drained-by-ops", 0, "0.3");
+    let mut worker_id = String::new();
+    farm.wait_until("a running task", Duration::from_secs(60), || {
+        let running = farm.tasks_in(&job, "running");
+        if let Some(id) = running.first().and_then(|t| t["worker"].as_str()) {
+            worker_id = id.to_string();
+        }
+        !worker_id.is_empty()
+    })
+    .await;
+    WorkerServiceClient::connect(farm.addr(0))
+        .await
+        .unwrap()
+        .drain(DrainRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await
+        .unwrap();
+    // No signal: the worker learns it from the heartbeat reply and leaves on its own.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{worker_id} did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a drained worker exits 0, got {status}");
+    for t in &farm.status(&job)[1..] {
+        assert_eq!(t["state"], "available", "released, not left leased: {t}");
+        assert_eq!(t["attempt"], 0, "{t}");
+    }
+}

@@ -71,9 +71,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Shutdown comes from the caller (SIGTERM) or from the coordinator (an operator's drain).
+    let stop_tx = Arc::new(stop_tx);
+    let on_shutdown = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = on_shutdown.send(true);
     });
     let bearer = Bearer::new(config.token.as_deref())?;
     let Some(mut client) = connect(&config.coordinator, bearer, stop_rx.clone()).await? else {
@@ -101,6 +104,7 @@ pub async fn run(
         store,
         engine,
         stop: stop_rx.clone(),
+        drain: stop_tx,
         drain_timeout: config.drain_timeout,
     };
     worker.serve(config.lease_wait, stop_rx).await
@@ -151,6 +155,8 @@ struct Worker {
     engine: Arc<Engine>,
     /// Turns true when the worker is asked to stop.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Starts the drain when the coordinator asks for it.
+    drain: Arc<tokio::sync::watch::Sender<bool>>,
     drain_timeout: Duration,
 }
 
@@ -178,7 +184,14 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             };
             let tasks = match leased {
-                Ok(r) => r.into_inner().tasks,
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.drain {
+                        tracing::info!("the coordinator asks this worker to drain");
+                        let _ = self.drain.send(true);
+                    }
+                    r.tasks
+                }
                 // Another attempt cannot fix a version mismatch or a refused token.
                 Err(status)
                     if matches!(
@@ -216,6 +229,7 @@ impl Worker {
             task.task_id,
             self.lease / 3,
             lost.clone(),
+            self.drain.clone(),
         ));
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let progress = tokio::spawn(progress_loop(
@@ -414,6 +428,7 @@ async fn heartbeat_loop(
     task_id: i64,
     every: Duration,
     lost: Arc<AtomicBool>,
+    drain: Arc<tokio::sync::watch::Sender<bool>>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -429,7 +444,12 @@ async fn heartbeat_loop(
                 lost.store(true, Ordering::Relaxed);
                 return;
             }
-            Ok(_) => {}
+            Ok(r) => {
+                if r.get_ref().drain && !*drain.borrow() {
+                    tracing::info!("the coordinator asks this worker to drain");
+                    let _ = drain.send(true);
+                }
+            }
             Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
         }
     }
