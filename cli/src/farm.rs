@@ -224,3 +224,33 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     sdfarm_worker::run(config, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct DrainArgs {
+    /// Worker id, as `sdfarm status --json` shows it for the tasks it holds.
+    pub worker_id: String,
+    #[command(flatten)]
+    pub coordinator: crate::CoordinatorAddr,
+}
+
+pub async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
+    use sdfarm_proto::v1::{worker_service_client::WorkerServiceClient, DrainRequest};
+    let bearer = sdfarm_proto::auth::Bearer::new(args.coordinator.token.as_deref())
+        .context("--token / SDFARM_TOKEN")?;
+    let channel = tonic::transport::Endpoint::from_shared(args.coordinator.url.clone())
+        .with_context(|| format!("coordinator address {:?}", args.coordinator.url))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to coordinator {}", args.coordinator.url))?;
+    WorkerServiceClient::with_interceptor(channel, bearer)
+        .drain(DrainRequest {
+            worker_id: args.worker_id.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    eprintln!(
+        "worker {} will drain at its next heartbeat or lease",
+        args.worker_id
+    );
+    Ok(ExitCode::SUCCESS)
+}

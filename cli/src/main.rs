@@ -63,6 +63,8 @@ enum Command {
     Coordinator(farm::CoordinatorArgs),
     /// Run a worker: leases tasks from a coordinator and renders them.
     Worker(farm::WorkerArgs),
+    /// Ask a worker to drain (admin token): it finishes or releases its task and exits.
+    Drain(farm::DrainArgs),
     /// Submit a sweep to a coordinator; prints the job id.
     Submit(jobs::SubmitArgs),
     /// Show a job's state and counts.
@@ -89,6 +91,7 @@ async fn main() -> ExitCode {
         Command::TinyModel { out } => local::tiny_model(&out),
         Command::Coordinator(args) => farm::coordinator(args).await,
         Command::Worker(args) => farm::worker(args).await,
+        Command::Drain(args) => farm::drain(args).await,
         Command::Submit(args) => jobs::submit(args).await,
         Command::Status(args) => jobs::status(args).await,
         Command::Watch(args) => jobs::watch(args).await,

@@ -351,7 +351,6 @@ async fn cancelling_a_job_stops_its_running_render_at_the_next_step() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_drain_reaches_the_worker_through_its_heartbeat() {
-    use sdfarm_proto::v1::{worker_service_client::WorkerServiceClient, DrainRequest};
     let farm = Farm::start(1, None).await;
     let job = farm.submit(&sweep(2, 1000));
     let mut w = farm.worker("drained-by-ops", 0, "0.3");
@@ -364,14 +363,7 @@ async fn an_operator_drain_reaches_the_worker_through_its_heartbeat() {
         !worker_id.is_empty()
     })
     .await;
-    WorkerServiceClient::connect(farm.addr(0))
-        .await
-        .unwrap()
-        .drain(DrainRequest {
-            worker_id: worker_id.clone(),
-        })
-        .await
-        .unwrap();
+    sdfarm_ok(&["drain", &worker_id, "--coordinator", &farm.addr(0)], &[]);
     // No signal: the worker learns it from the heartbeat reply and leaves on its own.
     let start = Instant::now();
     let status = loop {
