@@ -54,6 +54,10 @@ macro_rules! jobs_with_counts {
     };
 }
 
+// After the column macros, which its queries use.
+mod worker_sql;
+use worker_sql::{CLAIM_FOR_MODELS, RELEASE};
+
 const GET_JOB: &str = jobs_with_counts!("SELECT * FROM jobs WHERE id = $1");
 const LIST_JOBS: &str =
     jobs_with_counts!("SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT $1");
@@ -99,36 +103,6 @@ const CLAIM: &str = concat!(
     task_columns!()
 );
 
-/// The claim of a worker that holds models in memory: their tasks, but only at the highest
-/// priority anything claimable has, so affinity never jumps the priority order.
-const CLAIM_FOR_MODELS: &str = concat!(
-    "WITH top AS ( \
-         SELECT t.priority AS top_priority FROM tasks t \
-         WHERE t.pool = $5 \
-           AND t.state IN ('available', 'retryable') \
-           AND t.scheduled_at <= $1 \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
-         ORDER BY t.priority DESC, t.id \
-         LIMIT 1 \
-     ), claimable AS ( \
-         SELECT t.id AS claim_id FROM tasks t, top \
-         WHERE t.pool = $5 \
-           AND t.params->>'model' = ANY($6) \
-           AND t.priority = top.top_priority \
-           AND t.state IN ('available', 'retryable') \
-           AND t.scheduled_at <= $1 \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
-         ORDER BY t.id \
-         LIMIT $2 \
-         FOR UPDATE OF t SKIP LOCKED \
-     ) \
-     UPDATE tasks \
-     SET state = 'running', attempt = attempt + 1, lease_owner = $3, lease_expires_at = $4 \
-     FROM claimable WHERE tasks.id = claimable.claim_id \
-     RETURNING ",
-    task_columns!()
-);
-
 /// Locks in id order (see module docs) before extending.
 const HEARTBEAT: &str = "WITH held AS ( \
          SELECT id AS held_id FROM tasks \
@@ -137,13 +111,6 @@ const HEARTBEAT: &str = "WITH held AS ( \
      ) \
      UPDATE tasks SET lease_expires_at = $3 FROM held WHERE tasks.id = held.held_id \
      RETURNING tasks.id";
-
-/// Undoes the claim: the attempt is given back, the task is claimable again at once.
-const RELEASE: &str = "UPDATE tasks \
-     SET state = CASE WHEN attempt > 1 THEN 'retryable' ELSE 'available' END, \
-         attempt = attempt - 1, scheduled_at = $3, lease_owner = NULL, lease_expires_at = NULL \
-     WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running' \
-     RETURNING id";
 
 const TASK_JOB: &str = "SELECT job_id FROM tasks WHERE id = $1";
 const LOCK_JOB: &str = "SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
