@@ -22,7 +22,9 @@ pub struct OutputStore {
 
 impl std::fmt::Debug for OutputStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutputStore").field("url", &self.url).finish()
+        f.debug_struct("OutputStore")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -83,7 +85,12 @@ impl OutputStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        let data = self.store.get(&ObjectPath::from(key)).await?.bytes().await?;
+        let data = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await?
+            .bytes()
+            .await?;
         Ok(data.to_vec())
     }
 
