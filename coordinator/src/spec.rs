@@ -7,20 +7,25 @@
 //! most one of them, as A1111 runs one script at a time.
 
 pub mod axes;
+mod error;
+mod read;
 mod samplers;
 mod source;
+mod suggest;
 pub mod tables;
 #[cfg(test)]
 mod tests;
 pub mod values;
 
-use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::Path;
 
 use sdfarm_proto::RenderParams;
 
+pub use error::{Result, SpecError, SpecErrorDetails, SpecErrorKind};
+use read::{boolean, float_in, int_in, seed, side, string, wrong_type};
 use source::{Entry, Raw};
+use suggest::{nearest, suggest};
 pub use tables::{Axis, PromptMatrixSpec, PromptType, XyzSpec};
 
 /// Longest side, and the granularity A1111's latent space (1/8 of the image) imposes.
@@ -37,6 +42,9 @@ pub const CLIP_SKIP_RANGE: RangeInclusive<i64> = 1..=12;
 pub const MAX_ATTEMPTS_RANGE: RangeInclusive<i64> = 1..=100;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const BUILTIN_MODELS: &[&str] = &["builtin:tiny-sd"];
+const MODEL_ACCEPTED: &str =
+    "a single-file .safetensors checkpoint, a diffusers folder, a checkpoint name, \
+     hf:org/repo[/file], an s3:// or https://…#sha256:… URL, or \"builtin:tiny-sd\"";
 
 /// Keys a sweep may set, in the order they are listed in error messages.
 #[rustfmt::skip]
@@ -170,108 +178,6 @@ impl SweepSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpecErrorKind {
-    /// The text is not valid TOML/JSON, or not a table/object at the top.
-    Syntax,
-    UnknownKey,
-    WrongType,
-    InvalidValue,
-    MissingKey,
-    /// Reserved for a later version, or an A1111 option sdfarm lacks.
-    Unsupported,
-}
-
-/// A mistake in a sweep file, worded for the person who wrote it. Boxed so the many
-/// `Result`s on the parsing path stay one pointer wide; fields are read through `Deref`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct SpecError(Box<SpecErrorDetails>);
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpecErrorDetails {
-    pub kind: SpecErrorKind,
-    /// File name shown in the message, when the caller knows it.
-    pub file: Option<String>,
-    /// 1-based line of the offending key (or of the syntax error).
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    /// The value as written, rendered in TOML/JSON syntax.
-    pub value: Option<String>,
-    pub problem: String,
-    pub accepted: Option<String>,
-}
-
-impl std::ops::Deref for SpecError {
-    type Target = SpecErrorDetails;
-
-    fn deref(&self) -> &SpecErrorDetails {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for SpecError {
-    fn deref_mut(&mut self) -> &mut SpecErrorDetails {
-        &mut self.0
-    }
-}
-
-impl SpecError {
-    /// Names the file in the message, e.g. `sweep.toml line 4: …`.
-    pub fn in_file(mut self, file: impl Into<String>) -> SpecError {
-        self.file = Some(file.into());
-        self
-    }
-
-    fn new(kind: SpecErrorKind, problem: impl Into<String>) -> SpecError {
-        SpecError(Box::new(SpecErrorDetails {
-            kind,
-            file: None,
-            line: None,
-            key: None,
-            value: None,
-            problem: problem.into(),
-            accepted: None,
-        }))
-    }
-
-    fn at(
-        kind: SpecErrorKind,
-        e: &Entry,
-        problem: impl Into<String>,
-        accepted: impl Into<String>,
-    ) -> SpecError {
-        let mut err = SpecError::new(kind, problem);
-        err.line = e.line;
-        err.key = Some(e.key.clone());
-        err.value = Some(e.value.render());
-        err.accepted = Some(accepted.into());
-        err
-    }
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.file, self.line) {
-            (Some(file), Some(line)) => write!(f, "{file} line {line}: ")?,
-            (Some(file), None) => write!(f, "{file}: ")?,
-            (None, Some(line)) => write!(f, "line {line}: ")?,
-            (None, None) => {}
-        }
-        match (&self.key, &self.value) {
-            (Some(key), Some(value)) => write!(f, "`{key}` = {value} ")?,
-            (Some(key), None) => write!(f, "`{key}` ")?,
-            _ => {}
-        }
-        f.write_str(&self.problem)?;
-        if let Some(accepted) = &self.accepted {
-            write!(f, " (accepted: {accepted})")?;
-        }
-        Ok(())
-    }
-}
-
-pub type Result<T, E = SpecError> = std::result::Result<T, E>;
-
 /// A1111's eta default for a sampler: `eta_ddim` (0) for the timestep family, otherwise
 /// `eta_ancestral` (1).
 pub fn default_eta(sampler: &str) -> f32 {
@@ -299,164 +205,6 @@ pub fn parse_sweep(text: &str, format: SweepFormat) -> Result<SweepSpec> {
     entries.sort_by_key(|e| e.offset);
     entries.retain(|e| !matches!(e.value, Raw::Null));
     build(&entries)
-}
-
-/// The closest known key, if the unknown one is plausibly a typo or a common synonym.
-fn suggest(key: &str) -> Option<&'static str> {
-    let lower = key.to_ascii_lowercase();
-    if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == lower) {
-        return Some(to);
-    }
-    let (best, distance) = KNOWN_KEYS
-        .iter()
-        .map(|k| (*k, edit_distance(&lower, k)))
-        .min_by_key(|(_, d)| *d)?;
-    let limit = if lower.len() <= 4 { 1 } else { 2 };
-    (distance <= limit).then_some(best)
-}
-
-/// Optimal-string-alignment distance: a swapped pair of letters counts as one typo.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-fn nearest<'a>(value: &str, options: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    options
-        .map(|o| (o, edit_distance(&value.to_lowercase(), &o.to_lowercase())))
-        .filter(|(_, d)| *d <= 2)
-        .min_by_key(|(_, d)| *d)
-        .map(|(o, _)| o)
-}
-
-fn range_text(r: &RangeInclusive<i64>) -> String {
-    format!("integers from {} to {}", r.start(), r.end())
-}
-
-fn wrong_type(e: &Entry, expected: &str, accepted: String) -> SpecError {
-    SpecError::at(
-        SpecErrorKind::WrongType,
-        e,
-        format!("is {}, expected {expected}", e.value.type_name()),
-        accepted,
-    )
-}
-
-fn string(e: &Entry, accepted: &str) -> Result<String> {
-    match &e.value {
-        Raw::Str(s) => Ok(s.clone()),
-        _ => Err(wrong_type(e, "a string", accepted.into())),
-    }
-}
-
-fn int_in(e: &Entry, range: RangeInclusive<i64>) -> Result<i64> {
-    let accepted = range_text(&range);
-    match &e.value {
-        Raw::Int(i) if range.contains(i) => Ok(*i),
-        Raw::Int(_) => Err(SpecError::at(
-            SpecErrorKind::InvalidValue,
-            e,
-            "is out of range",
-            accepted,
-        )),
-        _ => Err(wrong_type(e, "an integer", accepted)),
-    }
-}
-
-fn float_in(e: &Entry, range: RangeInclusive<f64>, accepted: &str) -> Result<f64> {
-    let v = match &e.value {
-        Raw::Int(i) => *i as f64,
-        Raw::Float(f, _) => *f,
-        _ => return Err(wrong_type(e, "a number", accepted.into())),
-    };
-    if !v.is_finite() {
-        return Err(SpecError::at(
-            SpecErrorKind::InvalidValue,
-            e,
-            "is not a finite number",
-            accepted,
-        ));
-    }
-    if !range.contains(&v) {
-        return Err(SpecError::at(
-            SpecErrorKind::InvalidValue,
-            e,
-            "is out of range",
-            accepted,
-        ));
-    }
-    Ok(v)
-}
-
-fn side(e: &Entry) -> Result<u32> {
-    let accepted = format!(
-        "multiples of {SIDE_MULTIPLE} from {} to {}",
-        SIDE_RANGE.start(),
-        SIDE_RANGE.end()
-    );
-    let Raw::Int(v) = e.value else {
-        return Err(wrong_type(e, "an integer", accepted));
-    };
-    let fits = u32::try_from(v).is_ok_and(|v| SIDE_RANGE.contains(&v));
-    if !fits {
-        return Err(SpecError::at(
-            SpecErrorKind::InvalidValue,
-            e,
-            "is out of range",
-            accepted,
-        ));
-    }
-    if v % i64::from(SIDE_MULTIPLE) != 0 {
-        let problem = format!("is not a multiple of {SIDE_MULTIPLE}");
-        return Err(SpecError::at(
-            SpecErrorKind::InvalidValue,
-            e,
-            problem,
-            accepted,
-        ));
-    }
-    Ok(v as u32)
-}
-
-const SEED_ACCEPTED: &str = "-1 for a random seed, or an integer from 0 to 9223372036854775807";
-const MODEL_ACCEPTED: &str = "a path to a diffusers folder, or \"builtin:tiny-sd\"";
-
-fn seed(e: &Entry) -> Result<i64> {
-    match e.value {
-        Raw::Int(v) if v >= -1 => Ok(v),
-        Raw::Int(_) => Err(SpecError::at(
-            SpecErrorKind::InvalidValue,
-            e,
-            "is out of range",
-            SEED_ACCEPTED,
-        )),
-        _ => Err(wrong_type(e, "an integer", SEED_ACCEPTED.into())),
-    }
-}
-
-fn boolean(e: &Entry) -> Result<bool> {
-    match e.value {
-        Raw::Bool(b) => Ok(b),
-        _ => Err(wrong_type(e, "a boolean", "true or false".into())),
-    }
 }
 
 /// Hires-fix and img2img settings after every key is read: A1111's defaults for what was

@@ -321,7 +321,9 @@ fn model_is_required_and_checked() {
     assert_eq!(err.kind, SpecErrorKind::MissingKey);
     assert_eq!(
         err.in_file("s.toml").to_string(),
-        "s.toml: `model` is missing (accepted: a path to a diffusers folder, or \"builtin:tiny-sd\")"
+        "s.toml: `model` is missing (accepted: a single-file .safetensors checkpoint, a diffusers \
+         folder, a checkpoint name, hf:org/repo[/file], an s3:// or https://…#sha256:… URL, or \
+         \"builtin:tiny-sd\")"
     );
     let err = toml_err("model = \"builtin:huge\"");
     assert_says(
