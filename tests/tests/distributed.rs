@@ -30,7 +30,7 @@ model = "{model}"
 
 // Fields drop in order: the coordinator stops before its database and S3 server go away.
 struct Farm {
-    coordinator: Proc,
+    _coordinator: Proc,
     addr: String,
     s3: S3Server,
     _db: TestDb,
@@ -54,7 +54,7 @@ impl Farm {
         );
         wait_for_port(port, "coordinator", Duration::from_secs(60));
         Farm {
-            coordinator,
+            _coordinator: coordinator,
             addr,
             s3,
             _db: db,
