@@ -165,6 +165,24 @@ impl Drop for TestDb {
     }
 }
 
+/// Bucket creation is not part of object_store's API; moto accepts a plain PUT.
+fn create_bucket(port: u16, bucket: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+}
+
 /// moto's S3-compatible server on a loopback port, with one bucket.
 pub struct S3Server {
     pub endpoint: String,
@@ -173,42 +191,41 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// Starts moto and creates the bucket. Ports are picked free but handed to a child that
+    /// binds them later, so under parallel tests another process can take one first: then
+    /// the bucket request gets no answer from moto, and the server is started again on
+    /// another port.
     pub fn start() -> S3Server {
-        let port = free_port();
         let bin = std::env::var("SDFARM_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let proc = Proc::spawn(
-            "moto_server",
-            Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for_port(
-            port,
-            "moto_server (pip install 'moto[server]')",
-            Duration::from_secs(60),
-        );
-        let endpoint = format!("http://127.0.0.1:{port}");
         let bucket = "sdfarm-test".to_string();
-        // Bucket creation is not part of object_store's API; moto accepts a plain PUT.
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
-        use std::io::{Read, Write};
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut reply = String::new();
-        let _ = stream.read_to_string(&mut reply);
-        assert!(
-            reply.starts_with("HTTP/1.1 200"),
-            "creating bucket failed: {reply}"
-        );
-        S3Server {
-            endpoint,
-            bucket,
-            _proc: proc,
+        let mut last_reply = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let proc = Proc::spawn(
+                "moto_server",
+                Command::new(&bin)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            );
+            wait_for_port(
+                port,
+                "moto_server (pip install 'moto[server]')",
+                Duration::from_secs(60),
+            );
+            for _ in 0..10 {
+                last_reply = create_bucket(port, &bucket);
+                if last_reply.starts_with("HTTP/1.1 200") {
+                    return S3Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        bucket,
+                        _proc: proc,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
+        panic!("creating the test bucket in moto failed three times; last reply: {last_reply:?}");
     }
 
     /// Environment a process needs to reach this server through object_store's S3 client.
