@@ -1,20 +1,7 @@
 //! The `sdfarm` binary as a user runs it, on the embedded default: no services needed.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn sdfarm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(args)
-        .output()
-        .expect("running sdfarm")
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
+mod common;
+use common::{job_dir, sdfarm, write};
 
 const SWEEP: &str = r#"model = "builtin:tiny-sd"
 prompt = "a red barn"
@@ -114,11 +101,7 @@ fn embedded_run_writes_pngs_whose_infotext_reads_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let job_dir = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.ends_with(".sdfarm"))
-        .expect("a job folder");
+    let job_dir = job_dir(&out_dir);
     let mut names: Vec<String> = std::fs::read_dir(&job_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

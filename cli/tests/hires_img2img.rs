@@ -3,17 +3,13 @@
 //! key, infotexts that read back through `sdfarm info`, and byte-identical PNGs when a task
 //! renders twice.
 
+mod common;
+use common::{job_dir, sdfarm};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
-
-fn sdfarm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(args)
-        .output()
-        .expect("running sdfarm")
-}
 
 /// Renders `sweep` into `dir/<out>` and returns the job's image paths (grids left out), in
 /// name order.
@@ -43,11 +39,7 @@ fn run_with(dir: &Path, out: &str, sweep: &str, env: &[(&str, &Path)]) -> Vec<Pa
         "{}",
         String::from_utf8_lossy(&res.stderr)
     );
-    let job_dir = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.ends_with(".sdfarm"))
-        .expect("a job folder");
+    let job_dir = job_dir(&out_dir);
     let mut images: Vec<PathBuf> = std::fs::read_dir(&job_dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,24 +1,13 @@
 //! X/Y/Z plots and prompt matrices through the `sdfarm` binary: `plan --json` cell lists,
 //! and a 3x2x2 plot rendered on the built-in model with its A1111-style grids.
 
+mod common;
+use common::{job_dir, sdfarm, write};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use sdfarm_coordinator::grid::draw::{font_size, text_size};
 use serde_json::Value;
-
-fn sdfarm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(args)
-        .output()
-        .expect("running sdfarm")
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 fn plan(text: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
@@ -184,11 +173,7 @@ margin_size = 4
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let job_dir = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.ends_with(".sdfarm"))
-        .expect("a job folder");
+    let job_dir = job_dir(&out_dir);
     let mut names: Vec<String> = std::fs::read_dir(&job_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
