@@ -9,83 +9,26 @@
 //! regressions (the tanh GELU of candle's stock UNet alone gives 5e-5 on step 0), and the
 //! final 8-bit image must be within one level, as rendered PNGs are compared.
 
-use std::path::{Path, PathBuf};
-
+mod common;
 use candle_core::{Device, Tensor};
-use safetensors::SafeTensors;
+use common::{max_abs, max_abs_value, reference_dir, Cases};
+
 use sdfarm_worker::engine::philox::PhiloxGenerator;
 use sdfarm_worker::engine::pipeline::decoded_to_rgb8;
 use sdfarm_worker::engine::sampler::DdimVariant;
 use sdfarm_worker::engine::torch_rng::TorchGenerator;
 use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
 
-fn reference_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("SDFARM_REFERENCE_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"),
-    };
-    dir.join("tiny-sd/pipeline_cases.safetensors")
-        .is_file()
-        .then_some(dir)
-}
-
-struct Cases {
-    bytes: Vec<u8>,
-}
-
-impl Cases {
-    fn load(dir: &Path, file: &str) -> Self {
-        Cases {
-            bytes: std::fs::read(dir.join("tiny-sd").join(file)).unwrap(),
-        }
-    }
-
-    fn tensor(&self, key: &str) -> Tensor {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let view = st
-            .tensor(key)
-            .unwrap_or_else(|e| panic!("reference key {key}: {e}"));
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Tensor::from_vec(values, view.shape(), &Device::Cpu).unwrap()
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs_value(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+/// The file whose presence says the reference kit is there.
+const REFERENCE_MARKER: &str = "tiny-sd/pipeline_cases.safetensors";
 
 #[test]
 fn text_embeddings_match_diffusers() {
-    let Some(dir) = reference_dir() else {
+    let Some(dir) = reference_dir(REFERENCE_MARKER) else {
         println!("skipped: ../shared/reference not found");
         return;
     };
-    let cases = Cases::load(&dir, "pipeline_cases.safetensors");
+    let cases = Cases::load(&dir.join("tiny-sd/pipeline_cases.safetensors"));
     let pipeline = Pipeline::load(&dir.join("tiny-sd/diffusers")).unwrap();
     for (key, text) in [("t00", "a photo of a cat"), ("t01", "")] {
         let ours = pipeline.encode_prompt(text, 0).unwrap();
@@ -103,11 +46,11 @@ enum Noise {
 }
 
 fn run_case(file: &str, case: &str, sampler: Sampler, noise: Noise) {
-    let Some(dir) = reference_dir() else {
+    let Some(dir) = reference_dir(REFERENCE_MARKER) else {
         println!("skipped: ../shared/reference not found");
         return;
     };
-    let cases = Cases::load(&dir, file);
+    let cases = Cases::load(&dir.join("tiny-sd").join(file));
     let pipeline = Pipeline::load(&dir.join("tiny-sd/diffusers")).unwrap();
 
     let latents_init = cases.tensor(&format!("{case}.latents_init"));

@@ -9,82 +9,25 @@
 //! ~5e-6 on a UNet output, ~1.6e-5 on latents up to 32 and ~4e-6 on the decoded image; the
 //! bounds below sit a few times above that, and the 8-bit image must be within one level.
 
-use std::path::{Path, PathBuf};
-
+mod common;
 use candle_core::{Device, Tensor};
-use safetensors::SafeTensors;
+use common::{max_abs, max_abs_value, reference_dir, Cases};
+
 use sdfarm_worker::engine::pipeline::{decoded_to_rgb8, Prediction};
 use sdfarm_worker::engine::sampler::DdimVariant;
 use sdfarm_worker::engine::torch_rng::TorchGenerator;
 use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
 
-fn reference_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("SDFARM_REFERENCE_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"),
-    };
-    dir.join("tiny-sd2/pipeline_cases.safetensors")
-        .is_file()
-        .then_some(dir)
-}
-
-struct Cases {
-    bytes: Vec<u8>,
-}
-
-impl Cases {
-    fn load(dir: &Path) -> Self {
-        Cases {
-            bytes: std::fs::read(dir.join("tiny-sd2/pipeline_cases.safetensors")).unwrap(),
-        }
-    }
-
-    fn tensor(&self, key: &str) -> Tensor {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let view = st
-            .tensor(key)
-            .unwrap_or_else(|e| panic!("reference key {key}: {e}"));
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Tensor::from_vec(values, view.shape(), &Device::Cpu).unwrap()
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn max_abs_value(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+/// The file whose presence says the reference kit is there.
+const REFERENCE_MARKER: &str = "tiny-sd2/pipeline_cases.safetensors";
 
 #[test]
 fn sd2_text_embeddings_match_diffusers() {
-    let Some(dir) = reference_dir() else {
+    let Some(dir) = reference_dir(REFERENCE_MARKER) else {
         println!("skipped: ../shared/reference not found");
         return;
     };
-    let cases = Cases::load(&dir);
+    let cases = Cases::load(&dir.join("tiny-sd2/pipeline_cases.safetensors"));
     let pipeline = Pipeline::load(&dir.join("tiny-sd2/diffusers")).unwrap();
     assert_eq!(pipeline.prediction(), Prediction::V);
     assert_eq!(pipeline.tokenizer().pad_id(), 0);
@@ -98,11 +41,11 @@ fn sd2_text_embeddings_match_diffusers() {
 }
 
 fn run_case(case: &str, sampler: Sampler) {
-    let Some(dir) = reference_dir() else {
+    let Some(dir) = reference_dir(REFERENCE_MARKER) else {
         println!("skipped: ../shared/reference not found");
         return;
     };
-    let cases = Cases::load(&dir);
+    let cases = Cases::load(&dir.join("tiny-sd2/pipeline_cases.safetensors"));
     let pipeline = Pipeline::load(&dir.join("tiny-sd2/diffusers")).unwrap();
 
     let latents_init = cases.tensor(&format!("{case}.latents_init"));
