@@ -78,6 +78,8 @@ pub struct Coordinator {
     /// Jobs whose grids are still to be composed (see `grid::job`).
     pub(crate) grids: crate::grid::GridQueue,
     completions: CompletionGroups,
+    /// Which checkpoint each worker renders next (see `scheduling`).
+    scheduler: crate::scheduling::Scheduler,
 }
 
 /// How often a waiting lease re-checks the store even without a wake-up: work can appear
@@ -93,6 +95,7 @@ impl Coordinator {
             metrics: Metrics::new(),
             grids: crate::grid::GridQueue::default(),
             completions: CompletionGroups::new(store.clone(), clock.clone(), true),
+            scheduler: crate::scheduling::Scheduler::default(),
             store,
             config,
             clock,
@@ -275,6 +278,7 @@ impl Coordinator {
             self.await_grids(&id);
         }
         self.metrics.submitted(&job.pool, stored as usize);
+        self.scheduler.invalidate();
         tracing::info!(job_id = %id, cells, images = stored, pool = %job.pool, "job submitted");
         self.work_ready.notify_waiters();
         self.events.publish(Event::JobChanged(Some(id.clone())));
@@ -324,7 +328,8 @@ impl Coordinator {
 
     /// Leases up to `max` tasks of `pool` (empty: the default pool), waiting up to `wait`
     /// for work to appear. Tasks for the `loaded_models` the worker holds come first, within
-    /// the highest waiting priority.
+    /// the highest waiting priority; when a model must be loaded, `scheduling` picks which
+    /// (or leaves the worker waiting when no load would pay).
     pub async fn lease(
         &self,
         protocol_version: u32,
@@ -345,9 +350,10 @@ impl Coordinator {
             // is not missed.
             let notified = self.work_ready.notified();
             let now = self.clock.now_ms();
-            let mut tasks = self
-                .store
-                .claim_for_models(
+            let tasks = self
+                .scheduler
+                .claim(
+                    &*self.store,
                     worker_id,
                     pool,
                     loaded_models,
@@ -356,12 +362,6 @@ impl Coordinator {
                     now,
                 )
                 .await?;
-            if tasks.is_empty() {
-                tasks = self
-                    .store
-                    .claim(worker_id, pool, max.max(1), self.lease_ms(), now)
-                    .await?;
-            }
             if !tasks.is_empty() {
                 self.workers.leased(worker_id, tasks.len() as u32);
                 let now = self.clock.now_ms();
@@ -436,6 +436,8 @@ impl Coordinator {
         let pool = self.workers.pool_of(worker_id);
         self.metrics
             .completed(pool.as_deref().unwrap_or("unknown"), &report);
+        self.scheduler
+            .observe(pool.as_deref().unwrap_or("unknown"), &report);
         tracing::info!(task_id, worker = worker_id, "task completed");
         self.events.publish(Event::JobChanged(None));
         Ok(())

@@ -1,0 +1,416 @@
+//! Which checkpoint a worker renders next. A model load costs more than dozens of images,
+//! so the lease path keeps a worker on the models it holds while their work waits, and when
+//! a model must be loaded it picks the one whose waiting work is worst served:
+//!
+//! * A model's *backlog* is how long its current holders need to render its waiting tasks:
+//!   `waiting × image cost / holders` (unbounded when nobody holds it).
+//! * A worker with no work for its models loads the model with the largest backlog, but only
+//!   when that backlog exceeds one load: otherwise the holders finish before a newcomer
+//!   could have loaded it, and the worker waits instead (an idle worker is then the first
+//!   to take the next job).
+//! * A worker whose model still has work switches only to a model nobody else serves as
+//!   well: when that model's backlog exceeds its own model's backlog without it plus one load.
+//!   A sole holder never leaves its model's waiting work.
+//!
+//! Waiting counts come from the store (`queue_counts`, re-read every [`REFRESH_MS`] and after
+//! each submit) and are lowered here as tasks are claimed; holders are the workers whose last
+//! lease on this replica was for the model. Image and load costs are learnt per pool from the
+//! workers' completion reports. Every decision only narrows which tasks a claim asks for:
+//! the claim itself stays the store's, fenced and priority-ordered, and when the chosen
+//! model has nothing claimable at the top priority the plain claim runs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::metrics::Completion;
+use crate::store::{Millis, QueueCount, Result, Store, TaskRecord, TaskState};
+
+/// How often the waiting counts are re-read from the store (coordinator clock).
+pub const REFRESH_MS: Millis = 2_000;
+/// A worker silent this long no longer counts as holding its model.
+const HOLDER_TIMEOUT_MS: Millis = 10 * 60 * 1000;
+/// Cost guesses before a pool's workers have reported any.
+const DEFAULT_IMAGE_MS: f64 = 5_000.0;
+const DEFAULT_LOAD_MS: f64 = 60_000.0;
+/// Weight of each new report in the running averages.
+const EWMA: f64 = 0.1;
+
+/// What the lease path should claim for a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Tasks of the models it holds.
+    Held,
+    /// Load this model (the worker holds none with waiting work, or switching pays).
+    Load(String),
+    /// Nothing worth a load: every waiting model's holders finish sooner than a load takes.
+    Wait,
+    /// The counts know of no waiting work: the plain claim decides.
+    Any,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Costs {
+    image_ms: f64,
+    load_ms: f64,
+}
+
+struct Holder {
+    model: String,
+    seen: Millis,
+}
+
+struct PoolState {
+    /// Claimable tasks per model.
+    waiting: HashMap<String, u64>,
+    /// Worker id → the model its last lease was for.
+    holders: HashMap<String, Holder>,
+    image_ms: Option<f64>,
+    load_ms: Option<f64>,
+}
+
+impl PoolState {
+    fn new() -> Self {
+        PoolState {
+            waiting: HashMap::new(),
+            holders: HashMap::new(),
+            image_ms: None,
+            load_ms: None,
+        }
+    }
+
+    fn costs(&self) -> Costs {
+        Costs {
+            image_ms: self.image_ms.unwrap_or(DEFAULT_IMAGE_MS),
+            load_ms: self.load_ms.unwrap_or(DEFAULT_LOAD_MS),
+        }
+    }
+
+    /// Workers other than `me` serving `model`.
+    fn holders_of(&self, model: &str, me: &str, now: Millis) -> u64 {
+        self.holders
+            .iter()
+            .filter(|(w, h)| {
+                w.as_str() != me && h.model == model && now - h.seen <= HOLDER_TIMEOUT_MS
+            })
+            .count() as u64
+    }
+
+    fn backlog(&self, model: &str, me: &str, now: Millis, costs: Costs) -> f64 {
+        let waiting = self.waiting.get(model).copied().unwrap_or(0);
+        if waiting == 0 {
+            return 0.0;
+        }
+        let holders = self.holders_of(model, me, now);
+        if holders == 0 {
+            f64::INFINITY
+        } else {
+            waiting as f64 * costs.image_ms / holders as f64
+        }
+    }
+
+    /// The waiting model outside `held` with the largest backlog (ties: most waiting, then
+    /// name, so replicas and runs agree).
+    fn neediest(
+        &self,
+        held: &[String],
+        me: &str,
+        now: Millis,
+        costs: Costs,
+    ) -> Option<(f64, &str)> {
+        let mut best: Option<(f64, u64, &str)> = None;
+        for (model, &waiting) in &self.waiting {
+            if waiting == 0 || held.iter().any(|h| h == model) {
+                continue;
+            }
+            let backlog = self.backlog(model, me, now, costs);
+            let better = match best {
+                None => true,
+                Some((b, w, m)) => {
+                    (backlog, waiting, std::cmp::Reverse(model.as_str()))
+                        > (b, w, std::cmp::Reverse(m))
+                }
+            };
+            if better {
+                best = Some((backlog, waiting, model));
+            }
+        }
+        best.map(|(b, _, m)| (b, m))
+    }
+
+    fn plan(&self, worker: &str, held: &[String], now: Millis) -> Plan {
+        let costs = self.costs();
+        // The held model with the most waiting work, if any has some.
+        let own = held
+            .iter()
+            .filter_map(|m| Some((self.waiting.get(m).copied().filter(|&w| w > 0)?, m)))
+            .max();
+        let other = self.neediest(held, worker, now, costs);
+        match (own, other) {
+            (Some((_, own)), Some((backlog, model))) => {
+                let own_without_me = self.backlog(own, worker, now, costs);
+                if backlog > own_without_me + costs.load_ms {
+                    Plan::Load(model.to_string())
+                } else {
+                    Plan::Held
+                }
+            }
+            (Some(_), None) => Plan::Held,
+            (None, Some((backlog, model))) => {
+                if backlog > costs.load_ms {
+                    Plan::Load(model.to_string())
+                } else {
+                    Plan::Wait
+                }
+            }
+            (None, None) => Plan::Any,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pools: HashMap<String, PoolState>,
+    /// When the waiting counts were read; `None`: read them before the next decision.
+    refreshed_at: Option<Millis>,
+}
+
+/// The scheduler's view of one coordinator replica (see the module docs).
+#[derive(Default)]
+pub struct Scheduler {
+    state: Mutex<State>,
+}
+
+impl Scheduler {
+    /// New work was stored: re-read the waiting counts before the next decision.
+    pub fn invalidate(&self) {
+        self.state.lock().unwrap().refreshed_at = None;
+    }
+
+    fn needs_refresh(&self, now: Millis) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .refreshed_at
+            .is_none_or(|at| now - at >= REFRESH_MS || now < at)
+    }
+
+    /// Replaces every pool's waiting counts with the store's.
+    pub fn refresh(&self, counts: &[QueueCount], now: Millis) {
+        let mut state = self.state.lock().unwrap();
+        for pool in state.pools.values_mut() {
+            pool.waiting.clear();
+        }
+        for c in counts {
+            if matches!(c.state, TaskState::Available | TaskState::Retryable) {
+                let pool = state
+                    .pools
+                    .entry(c.pool.clone())
+                    .or_insert_with(PoolState::new);
+                *pool.waiting.entry(c.model.clone()).or_insert(0) += c.count;
+            }
+        }
+        state.refreshed_at = Some(now);
+    }
+
+    /// What `worker` of `pool`, holding `held`, should claim now.
+    pub fn plan(&self, pool: &str, worker: &str, held: &[String], now: Millis) -> Plan {
+        let state = self.state.lock().unwrap();
+        match state.pools.get(pool) {
+            Some(p) => p.plan(worker, held, now),
+            None => Plan::Any,
+        }
+    }
+
+    /// Notes a lease: the worker now serves its tasks' model, which waits less.
+    pub fn claimed(&self, pool: &str, worker: &str, tasks: &[TaskRecord], now: Millis) {
+        let Some(first) = tasks.first() else { return };
+        let mut state = self.state.lock().unwrap();
+        let p = state
+            .pools
+            .entry(pool.to_string())
+            .or_insert_with(PoolState::new);
+        for t in tasks {
+            if let Some(w) = p.waiting.get_mut(&t.params.model) {
+                *w = w.saturating_sub(1);
+            }
+        }
+        p.holders.insert(
+            worker.to_string(),
+            Holder {
+                model: first.params.model.clone(),
+                seen: now,
+            },
+        );
+    }
+
+    /// The worker got nothing: it serves no model until its next lease.
+    pub fn idle(&self, pool: &str, worker: &str) {
+        if let Some(p) = self.state.lock().unwrap().pools.get_mut(pool) {
+            p.holders.remove(worker);
+        }
+    }
+
+    /// Learns the pool's image and load costs from a completion report.
+    pub fn observe(&self, pool: &str, report: &Completion) {
+        let mut state = self.state.lock().unwrap();
+        let p = state
+            .pools
+            .entry(pool.to_string())
+            .or_insert_with(PoolState::new);
+        let load = report.model_load_ms.unwrap_or(0);
+        let image = report.render_ms.saturating_sub(load) as f64;
+        p.image_ms = Some(p.image_ms.map_or(image, |m| m + EWMA * (image - m)));
+        if let Some(load) = report.model_load_ms {
+            let load = load as f64;
+            p.load_ms = Some(p.load_ms.map_or(load, |m| m + EWMA * (load - m)));
+        }
+    }
+
+    /// Claims up to `max` tasks for `worker` following the plan (see the module docs).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim(
+        &self,
+        store: &dyn Store,
+        worker: &str,
+        pool: &str,
+        held: &[String],
+        max: u32,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>> {
+        if self.needs_refresh(now) {
+            let counts = store.queue_counts().await?;
+            self.refresh(&counts, now);
+        }
+        let plan = self.plan(pool, worker, held, now);
+        let mut tasks = Vec::new();
+        if let Plan::Load(model) = &plan {
+            if !held.is_empty() {
+                // Switching: only when the worker's own models can spare it.
+                tasks = store
+                    .claim_for_models(
+                        worker,
+                        pool,
+                        std::slice::from_ref(model),
+                        max,
+                        lease_ms,
+                        now,
+                    )
+                    .await?;
+            }
+        }
+        if tasks.is_empty() {
+            tasks = store
+                .claim_for_models(worker, pool, held, max, lease_ms, now)
+                .await?;
+        }
+        if tasks.is_empty() {
+            // Nothing for the held models: recompute with none held, as the counts may have
+            // said the held models had work they no longer have at this priority.
+            match self.plan(pool, worker, &[], now) {
+                Plan::Load(model) => {
+                    tasks = store
+                        .claim_for_models(worker, pool, &[model], max, lease_ms, now)
+                        .await?;
+                    if tasks.is_empty() {
+                        tasks = store.claim(worker, pool, max, lease_ms, now).await?;
+                    }
+                }
+                Plan::Wait => {}
+                Plan::Held | Plan::Any => {
+                    tasks = store.claim(worker, pool, max, lease_ms, now).await?;
+                }
+            }
+        }
+        if tasks.is_empty() {
+            self.idle(pool, worker);
+        } else {
+            self.claimed(pool, worker, &tasks, now);
+        }
+        Ok(tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pool: &str, waiting: &[(&str, u64)]) -> Vec<QueueCount> {
+        waiting
+            .iter()
+            .map(|(m, n)| QueueCount {
+                pool: pool.into(),
+                model: (*m).into(),
+                state: TaskState::Available,
+                count: *n,
+            })
+            .collect()
+    }
+
+    fn costs(s: &Scheduler, image_ms: u64, load_ms: u64) {
+        s.observe(
+            "p",
+            &Completion {
+                steps: 20,
+                render_ms: image_ms + load_ms,
+                model: "x".into(),
+                model_load_ms: Some(load_ms),
+            },
+        );
+    }
+
+    fn serve(s: &Scheduler, worker: &str, model: &str) {
+        let mut state = s.state.lock().unwrap();
+        state.pools.get_mut("p").unwrap().holders.insert(
+            worker.into(),
+            Holder {
+                model: model.into(),
+                seen: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn fresh_workers_spread_over_models_by_waiting_work() {
+        let s = Scheduler::default();
+        s.refresh(&counts("p", &[("a", 300), ("b", 100)]), 0);
+        costs(&s, 1_000, 30_000);
+        assert_eq!(s.plan("p", "w1", &[], 0), Plan::Load("a".into()));
+        serve(&s, "w1", "a");
+        // a: 300 s for one holder; b: nobody.
+        assert_eq!(s.plan("p", "w2", &[], 0), Plan::Load("b".into()));
+        serve(&s, "w2", "b");
+        // a: 300 s per holder vs b: 100 s.
+        assert_eq!(s.plan("p", "w3", &[], 0), Plan::Load("a".into()));
+    }
+
+    #[test]
+    fn an_idle_worker_waits_when_holders_finish_sooner_than_a_load() {
+        let s = Scheduler::default();
+        s.refresh(&counts("p", &[("a", 20)]), 0);
+        costs(&s, 1_000, 30_000);
+        serve(&s, "w1", "a");
+        // 20 s of work for its holder: a load (30 s) would not help.
+        assert_eq!(s.plan("p", "w2", &["b".into()], 0), Plan::Wait);
+        s.refresh(&counts("p", &[("a", 100)]), 0);
+        assert_eq!(s.plan("p", "w2", &["b".into()], 0), Plan::Load("a".into()));
+    }
+
+    #[test]
+    fn holders_switch_only_when_their_model_can_spare_them() {
+        let s = Scheduler::default();
+        s.refresh(&counts("p", &[("a", 100), ("new", 50)]), 0);
+        costs(&s, 1_000, 30_000);
+        // Sole holder of a: stays, even though nobody holds "new".
+        assert_eq!(s.plan("p", "w1", &["a".into()], 0), Plan::Held);
+        serve(&s, "w1", "a");
+        serve(&s, "w2", "a");
+        // w3 holds a too; a has two other holders: "new" (nobody) is worse served.
+        assert_eq!(
+            s.plan("p", "w3", &["a".into()], 0),
+            Plan::Load("new".into())
+        );
+        serve(&s, "w3", "new");
+        // Now "new" has 50 s for its holder, a 50 s per remaining holder: stay.
+        assert_eq!(s.plan("p", "w2", &["a".into()], 0), Plan::Held);
+    }
+}
