@@ -265,6 +265,8 @@ impl WorkerService for GrpcApi {
         req: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = req.into_inner();
+        self.inner
+            .worker_models(&r.worker_id, &r.loaded_models, &r.cached_models);
         let tasks = self
             .inner
             .lease(
@@ -303,6 +305,8 @@ impl WorkerService for GrpcApi {
             .inner
             .heartbeat(r.protocol_version, &r.worker_id, &r.task_ids)
             .await?;
+        self.inner
+            .worker_models(&r.worker_id, &r.loaded_models, &r.cached_models);
         Ok(Response::new(pb::HeartbeatResponse {
             lost_task_ids,
             lease_expires_at_ms,

@@ -382,6 +382,12 @@ impl Coordinator {
         }
     }
 
+    /// Records the models a worker reports in memory and on disk (every heartbeat and lease
+    /// carries them).
+    pub fn worker_models(&self, worker_id: &str, loaded: &[String], cached: &[String]) {
+        self.workers.models(worker_id, loaded, cached);
+    }
+
     /// Extends the worker's leases; returns the tasks it no longer holds and the new expiry.
     pub async fn heartbeat(
         &self,

@@ -18,6 +18,9 @@ pub struct WorkerInfo {
     pub holding: u32,
     /// An operator asked it to drain; told in every heartbeat and lease reply.
     pub draining: bool,
+    /// Model references it last reported in memory and on disk (heartbeats and leases).
+    pub loaded_models: Vec<String>,
+    pub cached_models: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +70,8 @@ impl Workers {
                 last_seen: now,
                 holding: 0,
                 draining: false,
+                loaded_models: Vec::new(),
+                cached_models: Vec::new(),
             },
         );
     }
@@ -94,6 +99,8 @@ impl Workers {
                             last_seen: now,
                             holding: 0,
                             draining: false,
+                            loaded_models: Vec::new(),
+                            cached_models: Vec::new(),
                         },
                     );
                 }
@@ -120,6 +127,14 @@ impl Workers {
         }
     }
 
+    /// Records the models a worker reports holding in memory and on disk.
+    pub fn models(&self, id: &str, loaded: &[String], cached: &[String]) {
+        if let Some(w) = self.map.lock().unwrap().get_mut(id) {
+            w.loaded_models = loaded.to_vec();
+            w.cached_models = cached.to_vec();
+        }
+    }
+
     /// Marks a worker to drain; a worker this replica has not heard from yet is remembered
     /// for when it shows up (its pool is learnt then).
     pub fn drain(&self, id: &str, now: Millis) {
@@ -132,6 +147,8 @@ impl Workers {
             last_seen: now,
             holding: 0,
             draining: false,
+            loaded_models: Vec::new(),
+            cached_models: Vec::new(),
         });
         w.draining = true;
     }
@@ -195,6 +212,10 @@ mod tests {
         let counts = w.counts(100_000, 60_000);
         assert_eq!(counts[&("a100".into(), WorkerState::Lost)], 1);
         assert_eq!(counts[&("a100".into(), WorkerState::Busy)], 1);
+        w.models("b", &["m1".into()], &["m2".into(), "m3".into()]);
+        let b = w.get("b").unwrap();
+        assert_eq!(b.loaded_models, ["m1"]);
+        assert_eq!(b.cached_models, ["m2", "m3"]);
         // Long silence: forgotten.
         assert!(w
             .counts(100_000 + FORGET_AFTER_MS + 60_001, 60_000)

@@ -185,6 +185,7 @@ async fn an_admin_token_reaches_both_services() {
             protocol_version: PROTOCOL_VERSION,
             worker_id: id,
             task_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -81,6 +81,7 @@ async fn submit(h: &mut Harness, sweep: &str) -> Result<pb::Job, tonic::Status> 
             sweep: sweep.into(),
             format: "toml".into(),
             name: "t".into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().job.unwrap())
@@ -113,6 +114,7 @@ async fn a_worker_of_another_protocol_version_is_refused() {
             protocol_version: 0,
             worker_id: id,
             task_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -280,6 +282,7 @@ async fn cancel_drops_waiting_work_and_tells_the_worker_through_its_heartbeat() 
             protocol_version: PROTOCOL_VERSION,
             worker_id: worker.clone(),
             task_ids: vec![task.task_id],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -177,6 +177,7 @@ impl Worker {
                 wait_ms: lease_wait.as_millis() as u32,
                 loaded_models: self.engine.loaded_models(),
                 pool: self.pool.clone(),
+                ..Default::default()
             };
             let mut client = self.client.clone();
             let leased = tokio::select! {
@@ -438,6 +439,7 @@ async fn heartbeat_loop(
             protocol_version: PROTOCOL_VERSION,
             worker_id: worker_id.clone(),
             task_ids: vec![task_id],
+            ..Default::default()
         };
         match client.heartbeat(req).await {
             Ok(r) if r.get_ref().lost_task_ids.contains(&task_id) => {

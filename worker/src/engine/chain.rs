@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use image::RgbImage;
 use sdfarm_proto::RenderParams;
 
+use super::conditioning::EmbeddingLookup;
 use super::hires::{self, HiresPlan};
 use super::noise::{self, NoiseSource};
 use super::pipeline::{self, Pipeline, SampleSettings, ScheduledCond};
@@ -176,6 +177,9 @@ fn model_calls(sampler: Sampler, steps: usize) -> usize {
 /// Prompt embeddings for a pass. `hires` is `Some((first_pass_calls, hires_calls))` for the
 /// hires pass, where A1111 reads `[a:b:when]` over both passes: integers count on from the
 /// first pass, fractions above 1.0 fall in the second.
+///
+/// The negative prompt is encoded first, as A1111 does; the first pass's calls report the
+/// textual-inversion embeddings they used (A1111 writes "TI hashes" before the hires pass).
 fn conds(
     pipeline: &Pipeline,
     prompt: &str,
@@ -183,14 +187,20 @@ fn conds(
     calls: usize,
     hires: Option<usize>,
     clip_skip: usize,
+    embeddings: &dyn EmbeddingLookup,
 ) -> Result<(ScheduledCond, ScheduledCond), EngineError> {
     let encode = |text: &str| -> Result<ScheduledCond, EngineError> {
-        prompt_schedule(text, calls, hires, false)
+        let (ends, texts): (Vec<usize>, Vec<String>) = prompt_schedule(text, calls, hires, false)
             .into_iter()
-            .map(|(end, text)| Ok((end, pipeline.encode_prompt(&text, clip_skip)?)))
-            .collect()
+            .unzip();
+        let (encoded, used) = pipeline.encode_texts(&texts, clip_skip, embeddings)?;
+        if hires.is_none() {
+            embeddings.note_call(&used)?;
+        }
+        Ok(ends.into_iter().zip(encoded).collect())
     };
-    Ok((encode(prompt)?, encode(negative)?))
+    let uncond = encode(negative)?;
+    Ok((encode(prompt)?, uncond))
 }
 
 /// The image's initial noise for a latent shape, and the source that continues it for
@@ -231,6 +241,7 @@ pub(super) fn render_pixels(
     params: &RenderParams,
     init_image: Option<&RgbImage>,
     clip_skip: usize,
+    embeddings: &dyn EmbeddingLookup,
     decode: &dyn Fn(&Tensor) -> Result<Tensor, EngineError>,
     on_step: &mut dyn FnMut(u32, u32) -> bool,
 ) -> Result<(u32, u32, Vec<u8>), EngineError> {
@@ -266,6 +277,7 @@ pub(super) fn render_pixels(
         first_calls,
         None,
         clip_skip,
+        embeddings,
     )?;
     let mut latents = {
         let mut fresh = || -> Result<Tensor, EngineError> {
@@ -349,6 +361,7 @@ pub(super) fn render_pixels(
             first_calls,
             Some(hr_calls),
             clip_skip,
+            embeddings,
         )?;
         let (schedule_len, t_enc) = hires::img2img_steps(hr.steps, params.denoising_strength, true);
         let mut fresh = || -> Result<Tensor, EngineError> {

@@ -1,7 +1,8 @@
 //! A1111's prompt conditioning: attention fragments tokenized into 75-token chunks (with
 //! `BREAK` and comma backtracking), each chunk encoded on its own and weighted with the
 //! "Original" emphasis (multiply, then restore the chunk's mean), chunks concatenated along
-//! the token axis; and per-step prompt schedules for prompt editing.
+//! the token axis; and per-step prompt schedules for prompt editing. Textual-inversion
+//! embeddings take token slots here too ([`EmbeddingLookup`]).
 
 use super::prompt_parser::{parse_prompt_attention, prompt_schedule};
 use super::tokenizer::{PromptTokenizer, END_OF_TEXT};
@@ -19,6 +20,58 @@ const START_OF_TEXT: u32 = 49406;
 pub struct PromptChunk {
     pub tokens: Vec<u32>,
     pub multipliers: Vec<f32>,
+    /// Embeddings whose vectors replace the token embeddings at their positions.
+    pub fixes: Vec<ChunkFix>,
+}
+
+/// A textual-inversion embedding placed in a chunk (A1111's `PromptChunkFix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkFix {
+    /// Index into [`PromptChunk::tokens`] (the start token is index 0) of its first vector.
+    pub offset: usize,
+    pub name: String,
+    pub vectors: usize,
+}
+
+/// An embedding whose name's tokens were found in a prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingMatch {
+    pub name: String,
+    /// Tokens of the prompt the name took.
+    pub token_len: usize,
+    /// Token slots its vectors take.
+    pub vectors: usize,
+}
+
+/// Where prompt encoding finds textual-inversion embeddings.
+pub trait EmbeddingLookup {
+    /// The embedding whose name's tokens start at `tokens[at]`, the longest if several do.
+    fn find_at(&self, tokens: &[u32], at: usize) -> Result<Option<EmbeddingMatch>, EngineError>;
+    /// The vectors `[n, width]` of a found embedding, for a text encoder `width` wide.
+    fn vectors(&self, name: &str, width: usize) -> Result<candle_core::Tensor, EngineError>;
+    /// Records the embeddings one text-encoder call used, in first-use order (for the
+    /// infotext).
+    fn note_call(&self, names: &[String]) -> Result<(), EngineError>;
+}
+
+/// No embeddings: every word is text.
+pub struct NoEmbeddings;
+
+impl EmbeddingLookup for NoEmbeddings {
+    fn find_at(&self, _: &[u32], _: usize) -> Result<Option<EmbeddingMatch>, EngineError> {
+        Ok(None)
+    }
+
+    fn vectors(&self, name: &str, _: usize) -> Result<candle_core::Tensor, EngineError> {
+        Err(EngineError::Unsupported {
+            what: format!("embedding {name}"),
+            hint: "no embeddings are loaded".into(),
+        })
+    }
+
+    fn note_call(&self, _: &[String]) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 impl PromptChunk {
@@ -34,15 +87,28 @@ pub fn tokenize_line(
     tokenizer: &PromptTokenizer,
     line: &str,
 ) -> Result<(Vec<PromptChunk>, usize), EngineError> {
+    tokenize_line_with(tokenizer, line, &NoEmbeddings)
+}
+
+/// [`tokenize_line`] with textual-inversion embeddings: a name found by `embeddings` takes
+/// as many slots as it has vectors (weighted like the text around it), moving to the next
+/// chunk when it does not fit the current one, as A1111 does.
+pub fn tokenize_line_with(
+    tokenizer: &PromptTokenizer,
+    line: &str,
+    embeddings: &dyn EmbeddingLookup,
+) -> Result<(Vec<PromptChunk>, usize), EngineError> {
     let comma = tokenizer.comma_id();
     let mut chunks = Vec::new();
     let mut tokens: Vec<u32> = Vec::new();
     let mut mults: Vec<f32> = Vec::new();
+    let mut fixes: Vec<ChunkFix> = Vec::new();
     let mut token_count = 0;
     let mut last_comma: Option<usize> = None;
 
     let finish = |tokens: &mut Vec<u32>,
                   mults: &mut Vec<f32>,
+                  fixes: &mut Vec<ChunkFix>,
                   chunks: &mut Vec<PromptChunk>,
                   token_count: &mut usize,
                   is_last: bool| {
@@ -59,6 +125,7 @@ pub fn tokenize_line(
         chunks.push(PromptChunk {
             tokens: t,
             multipliers: m,
+            fixes: std::mem::take(fixes),
         });
     };
 
@@ -67,6 +134,7 @@ pub fn tokenize_line(
             finish(
                 &mut tokens,
                 &mut mults,
+                &mut fixes,
                 &mut chunks,
                 &mut token_count,
                 false,
@@ -74,16 +142,23 @@ pub fn tokenize_line(
             last_comma = None;
             continue;
         }
-        for token in tokenizer.tokenize_fragment(&text)? {
+        let fragment = tokenizer.tokenize_fragment(&text)?;
+        let mut position = 0;
+        while position < fragment.len() {
+            let token = fragment[position];
             if Some(token) == comma {
                 last_comma = Some(tokens.len());
             } else if let Some(at) = last_comma {
                 if tokens.len() == CHUNK_LEN && tokens.len() - at <= COMMA_BACKTRACK {
                     let moved_tokens = tokens.split_off(at + 1);
                     let moved_mults = mults.split_off(at + 1);
+                    // A1111 moves the tokens but leaves the chunk's embedding fixes where they
+                    // were (an embedding just before the chunk end keeps its vectors in the
+                    // old chunk, over padding); sdfarm does the same so images match.
                     finish(
                         &mut tokens,
                         &mut mults,
+                        &mut fixes,
                         &mut chunks,
                         &mut token_count,
                         false,
@@ -97,18 +172,51 @@ pub fn tokenize_line(
                 finish(
                     &mut tokens,
                     &mut mults,
+                    &mut fixes,
                     &mut chunks,
                     &mut token_count,
                     false,
                 );
                 last_comma = None;
             }
-            tokens.push(token);
-            mults.push(weight as f32);
+            let Some(found) = embeddings.find_at(&fragment, position)? else {
+                tokens.push(token);
+                mults.push(weight as f32);
+                position += 1;
+                continue;
+            };
+            if tokens.len() + found.vectors > CHUNK_LEN {
+                finish(
+                    &mut tokens,
+                    &mut mults,
+                    &mut fixes,
+                    &mut chunks,
+                    &mut token_count,
+                    false,
+                );
+                last_comma = None;
+            }
+            fixes.push(ChunkFix {
+                // + 1: the start token comes first in the finished chunk.
+                offset: tokens.len() + 1,
+                name: found.name,
+                vectors: found.vectors,
+            });
+            // A1111 fills an embedding's slots with token 0; its vectors replace them.
+            tokens.extend(std::iter::repeat_n(0, found.vectors));
+            mults.extend(std::iter::repeat_n(weight as f32, found.vectors));
+            position += found.token_len.max(1);
         }
     }
     if !tokens.is_empty() || chunks.is_empty() {
-        finish(&mut tokens, &mut mults, &mut chunks, &mut token_count, true);
+        finish(
+            &mut tokens,
+            &mut mults,
+            &mut fixes,
+            &mut chunks,
+            &mut token_count,
+            true,
+        );
     }
     Ok((chunks, token_count))
 }

@@ -17,6 +17,8 @@ mod error;
 pub mod hires;
 pub mod init_image;
 pub mod kdiffusion;
+mod nan_check;
+mod networks_info;
 pub mod noise;
 pub mod philox;
 pub mod pipeline;
@@ -70,6 +72,10 @@ pub struct RenderedImage {
     /// the checkpoint's own VAE decoded the image.
     pub vae_name: String,
     pub vae_hash: String,
+    /// A1111's "Lora hashes" and "TI hashes" values (`name: hash12, …`); empty when the
+    /// prompts used no LoRA or embedding.
+    pub lora_hashes: String,
+    pub ti_hashes: String,
     /// Whether this render had to load its model into memory first.
     pub model_loaded: bool,
     /// How long that load took (0 when the model was already loaded).
@@ -86,7 +92,8 @@ struct Loaded {
 
 /// Renders images on the CPU; safe to share between threads.
 pub struct Engine {
-    resolver: ModelResolver,
+    /// Shared with background prefetches.
+    resolver: Arc<ModelResolver>,
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
     /// Where `init_image` keys that are neither a local file nor a URL are read from.
     input_store: Option<OutputStore>,
@@ -113,7 +120,7 @@ fn input_store_from_env() -> Option<OutputStore> {
 impl Engine {
     pub fn new(resolver: ModelResolver) -> Self {
         Engine {
-            resolver,
+            resolver: Arc::new(resolver),
             loaded: Mutex::new(HashMap::new()),
             input_store: input_store_from_env(),
             vaes: Mutex::new(Vec::new()),
@@ -148,6 +155,23 @@ impl Engine {
 
     pub fn resolver(&self) -> &ModelResolver {
         &self.resolver
+    }
+
+    /// Starts bringing `model_ref` onto disk in the background unless its pipeline is
+    /// already in memory (see [`ModelResolver::prefetch`]): called for leased tasks that
+    /// wait behind the one rendering.
+    pub fn prefetch(&self, model_ref: &str) {
+        let model_ref = model_ref.trim().to_string();
+        if self.loaded_models().contains(&model_ref) {
+            return;
+        }
+        let resolver = self.resolver.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sdfarm-prefetch".into())
+            .spawn(move || resolver.prefetch(&model_ref));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a prefetch thread");
+        }
     }
 
     /// Model references whose pipelines are in memory.
@@ -344,18 +368,34 @@ impl Engine {
             ));
         }
 
-        let decode = |latents: &candle_core::Tensor| match &vae {
-            Some(vae) => vae.decode(latents, pipeline.vae_scaling_factor()),
-            None => pipeline.decode(latents),
+        let embeddings = self
+            .resolver
+            .embeddings_for(pipeline.tokenizer(), pipeline.device())?;
+        // Every decode sees a pass's final latents: they are checked for the UNet's NaNs
+        // there, and the pixels for the VAE's.
+        let decode = |latents: &candle_core::Tensor| {
+            nan_check::check(latents, nan_check::Stage::Unet, &resolved.dir)?;
+            let (decoded, vae_path) = match (&vae, &vae_ref) {
+                (Some(vae), Some(r)) => (
+                    vae.decode(latents, pipeline.vae_scaling_factor())?,
+                    r.path.as_path(),
+                ),
+                _ => (pipeline.decode(latents)?, resolved.dir.as_path()),
+            };
+            nan_check::check(&decoded, nan_check::Stage::Vae, vae_path)?;
+            Ok(decoded)
         };
         let (width, height, rgb) = chain::render_pixels(
             &pipeline,
             params,
             init_image.as_ref(),
             clip_skip,
+            &embeddings,
             &decode,
             on_step,
         )?;
+        let lora_hashes = networks_info::lora_hashes(&self.resolver, &tags, &loras)?;
+        let ti_hashes = networks_info::ti_hashes(&self.resolver, &embeddings)?;
         Ok(RenderedImage {
             width,
             height,
@@ -364,6 +404,8 @@ impl Engine {
             model_hash: resolved.hash,
             vae_name: vae_ref.as_ref().map(|v| v.name.clone()).unwrap_or_default(),
             vae_hash: vae_ref.map(|v| v.hash).unwrap_or_default(),
+            lora_hashes,
+            ti_hashes,
             model_loaded: load_time.is_some(),
             model_load_ms: load_time.map_or(0, |d| d.as_millis() as u64),
         })

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
-use super::conditioning;
+use super::conditioning::{self, EmbeddingLookup};
 use super::config::{self, VaeSettings};
 use super::sampler::{DdimVariant, NoiseFn, Sampler, SamplerOptions};
 use super::schedule::DiscreteSchedule;
@@ -383,7 +383,51 @@ impl Pipeline {
     /// each chunk encoded separately and weighted with the "Original" emphasis: multiply by
     /// the weights, then rescale so the chunk's mean is unchanged.
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor, EngineError> {
-        let (chunks, _) = conditioning::tokenize_line(&self.tokenizer, text)?;
+        self.encode_prompt_with(text, clip_skip, &conditioning::NoEmbeddings)
+    }
+
+    /// [`Pipeline::encode_prompt`] with textual-inversion embeddings found by `embeddings`.
+    pub fn encode_prompt_with(
+        &self,
+        text: &str,
+        clip_skip: usize,
+        embeddings: &dyn EmbeddingLookup,
+    ) -> Result<Tensor, EngineError> {
+        let (chunks, _) = conditioning::tokenize_line_with(&self.tokenizer, text, embeddings)?;
+        self.encode_chunks(&chunks, clip_skip, embeddings)
+    }
+
+    /// Encodes the texts of one prompt's schedule, which A1111 does in one text-encoder
+    /// call, and names the embeddings the call used in A1111's order (chunk by chunk across
+    /// the texts), for "TI hashes".
+    pub fn encode_texts(
+        &self,
+        texts: &[String],
+        clip_skip: usize,
+        embeddings: &dyn EmbeddingLookup,
+    ) -> Result<(Vec<Tensor>, Vec<String>), EngineError> {
+        let tokenized = texts
+            .iter()
+            .map(|t| Ok(conditioning::tokenize_line_with(&self.tokenizer, t, embeddings)?.0))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let most = tokenized.iter().map(Vec::len).max().unwrap_or(0);
+        let used: Vec<String> = (0..most)
+            .flat_map(|i| tokenized.iter().filter_map(move |chunks| chunks.get(i)))
+            .flat_map(|chunk| chunk.fixes.iter().map(|f| f.name.clone()))
+            .collect();
+        let encoded = tokenized
+            .iter()
+            .map(|chunks| self.encode_chunks(chunks, clip_skip, embeddings))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok((encoded, used))
+    }
+
+    fn encode_chunks(
+        &self,
+        chunks: &[conditioning::PromptChunk],
+        clip_skip: usize,
+        embeddings: &dyn EmbeddingLookup,
+    ) -> Result<Tensor, EngineError> {
         let mut encoded = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let mut ids = chunk.tokens.clone();
@@ -396,7 +440,19 @@ impl Pipeline {
             }
             let len = ids.len();
             let ids = Tensor::from_vec(ids, (1, len), &self.device)?;
-            let z = self.text_encoder.forward(&ids, clip_skip)?;
+            let vectors = chunk
+                .fixes
+                .iter()
+                .map(|f| {
+                    Ok((
+                        f.offset,
+                        embeddings.vectors(&f.name, self.text_encoder.width())?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            let z = self
+                .text_encoder
+                .forward_with_vectors(&ids, clip_skip, &vectors)?;
             encoded.push(if chunk.unweighted() {
                 z
             } else {

@@ -18,6 +18,7 @@ pub struct TextEncoder {
     encoder: ClipLayers,
     final_layer_norm: LayerNorm,
     num_layers: usize,
+    width: usize,
 }
 
 impl TextEncoder {
@@ -68,6 +69,7 @@ impl TextEncoder {
             encoder,
             final_layer_norm,
             num_layers: config.num_hidden_layers,
+            width: config.embed_dim,
         })
     }
 
@@ -75,17 +77,57 @@ impl TextEncoder {
         self.num_layers
     }
 
+    /// Width of the token embeddings (and of the hidden states).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Hidden states `[batch, seq, dim]` for token ids `[batch, seq]`.
     ///
     /// `clip_skip` 0 or 1 takes the last layer; `n > 1` the n-th from the end. Either way the
     /// final layer norm is applied, as both diffusers and A1111 do for SD 1.x.
     pub fn forward(&self, ids: &Tensor, clip_skip: usize) -> candle_core::Result<Tensor> {
+        self.forward_with_vectors(ids, clip_skip, &[])
+    }
+
+    /// [`TextEncoder::forward`] for one sequence (`ids` `[1, seq]`) with textual-inversion
+    /// vectors: each `(offset, vectors [n, width])` replaces the token embeddings from
+    /// `offset` on (cut at the sequence end), before the position embeddings are added, as
+    /// A1111's `EmbeddingsWithFixes` does.
+    pub fn forward_with_vectors(
+        &self,
+        ids: &Tensor,
+        clip_skip: usize,
+        fixes: &[(usize, Tensor)],
+    ) -> candle_core::Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, ids.device())?.unsqueeze(0)?;
-        let xs = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mut tokens = self.token_embedding.forward(ids)?;
+        if !fixes.is_empty() {
+            if batch != 1 {
+                candle_core::bail!("embedding vectors need a batch of one sequence");
+            }
+            let mut rows = tokens.squeeze(0)?;
+            for (offset, vectors) in fixes {
+                let offset = (*offset).min(seq);
+                let n = vectors.dim(0)?.min(seq - offset);
+                if n == 0 {
+                    continue;
+                }
+                let vectors = vectors.narrow(0, 0, n)?.to_dtype(rows.dtype())?;
+                let mut parts = Vec::with_capacity(3);
+                if offset > 0 {
+                    parts.push(rows.narrow(0, 0, offset)?);
+                }
+                parts.push(vectors);
+                if offset + n < seq {
+                    parts.push(rows.narrow(0, offset + n, seq - offset - n)?);
+                }
+                rows = Tensor::cat(&parts, 0)?;
+            }
+            tokens = rows.unsqueeze(0)?;
+        }
+        let xs = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(batch, seq, ids.device())?;
         let layers = self.encoder.len();
         let count = layers + 1 - clip_skip.max(1).min(layers);

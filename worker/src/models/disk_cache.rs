@@ -20,6 +20,9 @@ use sha2::{Digest, Sha256};
 use crate::engine::EngineError;
 
 const USED_MARKER: &str = ".used";
+/// The model references that name an entry, one per line (several references can name the
+/// same URL: with and without a sha256 pin).
+const REFS_FILE: &str = ".refs";
 
 /// One cached download: its folder and total size.
 #[derive(Debug, Clone)]
@@ -180,6 +183,8 @@ impl DiskCache {
                     .map(|files| {
                         files
                             .flatten()
+                            // Markers and reference lists are bookkeeping, not the model.
+                            .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
                             .filter_map(|f| f.metadata().ok())
                             .map(|m| m.len())
                             .sum()
@@ -199,6 +204,44 @@ impl DiskCache {
         entries
     }
 
+    /// Remembers that model reference `reference` resolved to the cached `file`, so
+    /// [`DiskCache::references`] can report it.
+    pub fn note_reference(&self, file: &Path, reference: &str) {
+        let Some(dir) = file
+            .parent()
+            .filter(|d| d.parent() == Some(self.root.as_path()))
+        else {
+            return;
+        };
+        let refs = dir.join(REFS_FILE);
+        let known = std::fs::read_to_string(&refs).unwrap_or_default();
+        if known.lines().any(|l| l == reference) || reference.contains('\n') {
+            return;
+        }
+        let mut text = known;
+        text.push_str(reference);
+        text.push('\n');
+        // Written whole and renamed, so a reader never sees half a line.
+        let temp = dir.join(format!("{REFS_FILE}.tmp-{}", unique_suffix()));
+        if std::fs::write(&temp, text).is_ok() && std::fs::rename(&temp, &refs).is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+    }
+
+    /// The model references of every cached file, least recently used first.
+    pub fn references(&self) -> Vec<String> {
+        self.entries()
+            .iter()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.dir.join(REFS_FILE))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Total bytes held.
     pub fn used_bytes(&self) -> u64 {
         self.entries().iter().map(|e| e.bytes).sum()
@@ -214,7 +257,7 @@ impl DiskCache {
                     .flatten()
                     .flatten()
                     .map(|f| f.path())
-                    .filter(|p| !p.ends_with(USED_MARKER))
+                    .filter(|p| !p.ends_with(USED_MARKER) && !p.ends_with(REFS_FILE))
                     .collect::<Vec<_>>()
             })
             .collect()

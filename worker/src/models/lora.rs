@@ -225,3 +225,27 @@ pub fn find(dir: Option<&Path>, name: &str) -> Result<PathBuf, EngineError> {
             },
         })
 }
+
+/// kohya's "addnet" hash, which A1111 uses for LoRA safetensors: the sha256 of everything
+/// after the header, so editing a file's metadata keeps its hash.
+pub fn addnet_hash(path: &Path) -> Result<String, EngineError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let file = SafeFile::open(path)?;
+    let mut reader = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    reader
+        .seek(SeekFrom::Start(file.data_start()))
+        .map_err(|e| EngineError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| EngineError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

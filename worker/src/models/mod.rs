@@ -7,6 +7,7 @@
 
 pub mod assemble;
 pub mod disk_cache;
+pub mod embeddings;
 pub mod fetch;
 pub mod ldm_keys;
 pub mod lora;
@@ -80,9 +81,10 @@ impl ResolvedModel {
         Ok(total)
     }
 
-    /// Loads the model onto the CPU with LoRA networks merged into its weights.
+    /// Loads the model onto the worker's device (`SDFARM_DEVICE`) with LoRA networks merged
+    /// into its weights.
     pub fn load_with_loras(&self, loras: &[lora::LoraUse]) -> Result<Pipeline, EngineError> {
-        let device = candle_core::Device::Cpu;
+        let device = crate::engine::device::default_device()?;
         let mut tensors = assemble::ModelTensors::read(self, &device)?;
         for l in loras {
             lora::merge(&mut tensors, l, &device)?;
@@ -90,17 +92,28 @@ impl ResolvedModel {
         tensors.into_pipeline(&device)
     }
 
-    /// Loads the model onto the CPU.
+    /// Loads the model onto the worker's device (`SDFARM_DEVICE`, the CPU unless a CUDA build
+    /// finds a GPU), as [`Pipeline::load`] does for folders.
     pub fn load(&self) -> Result<Pipeline, EngineError> {
         match self.format {
             ModelFormat::Diffusers => Pipeline::load(&self.dir),
-            ModelFormat::SingleFile => single_file::load_sd1(&self.dir, &candle_core::Device::Cpu),
+            ModelFormat::SingleFile => {
+                single_file::load_sd1(&self.dir, &crate::engine::device::default_device()?)
+            }
         }
     }
 }
 
 /// A cached file hash with the size and modification time it was computed for.
 type HashEntry = (u64, Option<SystemTime>, String);
+
+/// Which hash of a file: A1111 hashes checkpoints, VAEs and embeddings whole, and LoRA
+/// safetensors over their data section only (kohya's "addnet" hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum HashKind {
+    Whole,
+    Addnet,
+}
 
 /// Resolves model references; owns the cache directory the built-in model and downloads are
 /// written to.
@@ -112,9 +125,15 @@ pub struct ModelResolver {
     vae_dir: Option<PathBuf>,
     /// Where `<lora:name>` names are looked up.
     lora_dir: Option<PathBuf>,
+    /// Where textual-inversion embeddings are found by name.
+    embeddings_dir: Option<PathBuf>,
+    embedding_cache: embeddings::EmbeddingCache,
     downloads: DiskCache,
-    /// Hashes by file, invalidated when the file's size or modification time changes.
-    hashes: Mutex<HashMap<PathBuf, HashEntry>>,
+    /// References a background prefetch is bringing onto disk now.
+    prefetching: Mutex<std::collections::HashSet<String>>,
+    /// Full sha256 hashes by file, invalidated when the file's size or modification time
+    /// changes.
+    hashes: Mutex<HashMap<(PathBuf, HashKind), HashEntry>>,
 }
 
 /// Download cache cap when `SDFARM_MODEL_CACHE_BYTES` does not set one: room for a handful of
@@ -135,6 +154,9 @@ impl ModelResolver {
             models_dir: std::env::var_os("SDFARM_MODELS_DIR").map(PathBuf::from),
             vae_dir: std::env::var_os("SDFARM_VAE_DIR").map(PathBuf::from),
             lora_dir: std::env::var_os("SDFARM_LORA_DIR").map(PathBuf::from),
+            embeddings_dir: std::env::var_os("SDFARM_EMBEDDINGS_DIR").map(PathBuf::from),
+            embedding_cache: embeddings::EmbeddingCache::default(),
+            prefetching: Mutex::new(Default::default()),
             cache_dir,
             hashes: Mutex::new(HashMap::new()),
         }
@@ -160,6 +182,35 @@ impl ModelResolver {
 
     pub fn lora_dir(&self) -> Option<&Path> {
         self.lora_dir.as_deref()
+    }
+
+    /// Finds textual-inversion embeddings in `dir` (A1111's `embeddings` folder).
+    pub fn with_embeddings_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.embeddings_dir = Some(dir.into());
+        self
+    }
+
+    /// The embeddings folder: `SDFARM_EMBEDDINGS_DIR` or [`Self::with_embeddings_dir`], else
+    /// `<model folder>/embeddings`.
+    pub fn embeddings_dir(&self) -> Option<PathBuf> {
+        self.embeddings_dir
+            .clone()
+            .or_else(|| self.models_dir.as_ref().map(|d| d.join("embeddings")))
+    }
+
+    /// The embeddings folder indexed for a model's tokenizer; vectors load onto `device`
+    /// when a prompt uses them and stay cached while their files are unchanged.
+    pub fn embeddings_for(
+        &self,
+        tokenizer: &crate::engine::tokenizer::PromptTokenizer,
+        device: &candle_core::Device,
+    ) -> Result<embeddings::EmbeddingSet<'_>, EngineError> {
+        embeddings::EmbeddingSet::scan(
+            self.embeddings_dir().as_deref(),
+            tokenizer,
+            &self.embedding_cache,
+            device,
+        )
     }
 
     /// Caps the download cache at `bytes`, evicting least recently used files beyond it.
@@ -233,9 +284,57 @@ impl ModelResolver {
                 if let Some(hash) = full_hash {
                     self.remember_hash(&path, &hash);
                 }
+                self.downloads.note_reference(&path, reference);
                 self.resolve_local(path)
             }
         }
+    }
+
+    /// Model references this worker can load without downloading: cached downloads and the
+    /// built-in model once written. Local paths and names are not listed (every worker
+    /// sharing the folder has them). Reported to the coordinator with every heartbeat and
+    /// lease.
+    pub fn cached_models(&self) -> Vec<String> {
+        let mut refs = self.downloads.references();
+        if missing_files(&self.cache_dir.join("builtin").join("tiny-sd")).is_empty() {
+            refs.push(BUILTIN_TINY.to_string());
+        }
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
+    /// Brings `model_ref` onto this machine (download, verification, header check and hash),
+    /// blocking; meant for a background thread while another task renders, so the next task
+    /// finds its checkpoint on disk. A reference already being prefetched returns at once,
+    /// and concurrent downloads of one file are merged by the download cache, so a task that
+    /// resolves the same reference meanwhile waits for this download rather than starting
+    /// another. Failures are only logged: the task itself reports them when it resolves.
+    pub fn prefetch(&self, model_ref: &str) {
+        let reference = model_ref.trim().to_string();
+        if reference.is_empty()
+            || !self
+                .prefetching
+                .lock()
+                .expect("prefetch set")
+                .insert(reference.clone())
+        {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.resolve(&reference) {
+            Ok(resolved) => tracing::info!(
+                model = %reference,
+                path = %resolved.dir.display(),
+                ms = started.elapsed().as_millis() as u64,
+                "model prefetched"
+            ),
+            Err(e) => tracing::warn!(model = %reference, error = %e, "prefetch failed"),
+        }
+        self.prefetching
+            .lock()
+            .expect("prefetch set")
+            .remove(&reference);
     }
 
     fn resolve_builtin(&self, reference: &str) -> Result<ResolvedModel, EngineError> {
@@ -502,27 +601,57 @@ impl ModelResolver {
     fn remember_hash(&self, path: &Path, full: &str) {
         if let Ok(meta) = std::fs::metadata(path) {
             self.hashes.lock().expect("hash cache").insert(
-                path.to_path_buf(),
-                (meta.len(), meta.modified().ok(), full[..10].to_string()),
+                (path.to_path_buf(), HashKind::Whole),
+                (meta.len(), meta.modified().ok(), full.to_string()),
             );
         }
     }
 
-    /// First 10 hex digits of the file's sha256, computed once per file version.
-    fn short_hash(&self, path: &Path) -> Result<String, EngineError> {
+    /// A file's hash of `kind`, computed once per file version.
+    fn cached_hash(&self, path: &Path, kind: HashKind) -> Result<String, EngineError> {
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
         let stamp = (meta.len(), meta.modified().ok());
-        if let Some((len, modified, hash)) = self.hashes.lock().expect("hash cache").get(path) {
+        let key = (path.to_path_buf(), kind);
+        if let Some((len, modified, hash)) = self.hashes.lock().expect("hash cache").get(&key) {
             if (*len, *modified) == stamp {
                 return Ok(hash.clone());
             }
         }
-        let hash = sha256_file(path)?[..10].to_string();
+        let hash = match kind {
+            HashKind::Whole => sha256_file(path)?,
+            HashKind::Addnet => lora::addnet_hash(path)?,
+        };
         self.hashes
             .lock()
             .expect("hash cache")
-            .insert(path.to_path_buf(), (stamp.0, stamp.1, hash.clone()));
+            .insert(key, (stamp.0, stamp.1, hash.clone()));
         Ok(hash)
+    }
+
+    /// First 10 hex digits of the file's sha256 (A1111's "Model hash", "VAE hash"),
+    /// computed once per file version.
+    fn short_hash(&self, path: &Path) -> Result<String, EngineError> {
+        Ok(self.cached_hash(path, HashKind::Whole)?[..10].to_string())
+    }
+
+    /// A1111's short hash of a textual-inversion embedding: the first 12 hex digits of the
+    /// file's sha256 ("TI hashes").
+    pub fn embedding_hash(&self, path: &Path) -> Result<String, EngineError> {
+        Ok(self.cached_hash(path, HashKind::Whole)?[..12].to_string())
+    }
+
+    /// A1111's short hash of a LoRA ("Lora hashes"): the `sshs_model_hash` its metadata
+    /// names when present, else the sha256 of its tensor data (the header excluded), first
+    /// 12 hex digits.
+    pub fn lora_hash(&self, path: &Path) -> Result<String, EngineError> {
+        let file = safe_file::SafeFile::open(path)?;
+        if let Some(hash) = file.metadata().get("sshs_model_hash") {
+            let hash = hash.trim();
+            if !hash.is_empty() {
+                return Ok(hash.chars().take(12).collect());
+            }
+        }
+        Ok(self.cached_hash(path, HashKind::Addnet)?[..12].to_string())
     }
 }
 

@@ -174,6 +174,11 @@ impl SafeFile {
         &self.path
     }
 
+    /// Where the data section starts: the 8-byte length plus the JSON header.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
     /// Tensor names and their declared layout, sorted by name.
     pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
         &self.tensors

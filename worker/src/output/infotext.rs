@@ -90,6 +90,21 @@ pub fn infotext_with_vae(
     vae_name: &str,
     vae_hash: &str,
 ) -> String {
+    infotext_with_networks(params, model_name, model_hash, vae_name, vae_hash, "", "")
+}
+
+/// [`infotext_with_vae`] plus A1111's `Lora hashes` and `TI hashes` (`name: hash12, …`),
+/// each left out when empty. A1111 adds them to `extra_generation_params` after the hires
+/// fields and before the sampler's Eta, so they are written there.
+pub fn infotext_with_networks(
+    params: &RenderParams,
+    model_name: &str,
+    model_hash: &str,
+    vae_name: &str,
+    vae_hash: &str,
+    lora_hashes: &str,
+    ti_hashes: &str,
+) -> String {
     let p = params;
     let sampler = sampler_info(&p.sampler_name);
     let schedule = match sampler.and_then(|s| s.automatic_schedule) {
@@ -141,9 +156,15 @@ pub fn infotext_with_vae(
     for (key, value) in fields {
         if key == "Version" {
             // `extra_generation_params` sit just before Version: the hires fix's, added when
-            // processing starts, then the sampler's Eta, added when it runs.
+            // processing starts, the networks' hashes, added before sampling, then the
+            // sampler's Eta, added when it runs.
             for (field, value) in hires_info::hires_fields(p, schedule) {
                 parts.push(format!("{field}: {}", quote(&value)));
+            }
+            for (field, value) in [("Lora hashes", lora_hashes), ("TI hashes", ti_hashes)] {
+                if !value.is_empty() {
+                    parts.push(format!("{field}: {}", quote(value)));
+                }
             }
             if let Some((field, value)) = &eta {
                 parts.push(format!("{field}: {}", quote(value)));

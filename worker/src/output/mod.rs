@@ -11,7 +11,7 @@ mod version;
 
 use sha2::{Digest, Sha256};
 
-pub use self::infotext::{infotext, infotext_with_vae, py_float, quote};
+pub use self::infotext::{infotext, infotext_with_networks, infotext_with_vae, py_float, quote};
 pub use self::parse::{parse_infotext, InfoValue, ParsedInfotext};
 pub use self::png::{decode_png_rgb, encode_png, read_png_parameters, PARAMETERS_KEY};
 
