@@ -373,6 +373,43 @@ impl WorkerService for GrpcApi {
         Ok(Response::new(pb::CompleteResponse {}))
     }
 
+    async fn complete_many(
+        &self,
+        req: Request<pb::CompleteManyRequest>,
+    ) -> Result<Response<pb::CompleteManyResponse>, Status> {
+        let r = req.into_inner();
+        let span = tracing::info_span!(
+            "worker_report",
+            rpc = "complete_many",
+            tasks = r.completions.len(),
+            worker = %r.worker_id
+        );
+        let done = r
+            .completions
+            .into_iter()
+            .map(|c| {
+                let report = Completion {
+                    steps: c.steps,
+                    render_ms: c.render_ms,
+                    model: c.model,
+                    model_load_ms: c.model_loaded.then_some(c.model_load_ms),
+                };
+                let output = TaskOutput {
+                    sha256: c.sha256,
+                    infotext: c.infotext,
+                    render_ms: c.render_ms,
+                };
+                (c.task_id, output, report)
+            })
+            .collect();
+        let lost_task_ids = self
+            .inner
+            .complete_many(&r.worker_id, done)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::CompleteManyResponse { lost_task_ids }))
+    }
+
     async fn release(
         &self,
         req: Request<pb::ReleaseRequest>,

@@ -449,6 +449,47 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Records several completions of one worker in one commit (see `completions`); returns
+    /// the ids whose lease the worker no longer held, which were not recorded.
+    pub async fn complete_many(
+        &self,
+        worker_id: &str,
+        done: Vec<(i64, TaskOutput, Completion)>,
+    ) -> Result<Vec<i64>> {
+        self.touch_worker(worker_id);
+        let (completed, reports): (Vec<Completed>, Vec<Completion>) = done
+            .into_iter()
+            .map(|(task_id, output, report)| {
+                let c = Completed {
+                    task_id,
+                    worker: worker_id.to_string(),
+                    output,
+                };
+                (c, report)
+            })
+            .unzip();
+        let recorded = self.completions.complete_many(completed.clone()).await?;
+        let pool = self.workers.pool_of(worker_id);
+        let mut lost = Vec::new();
+        for ((c, report), ok) in completed.iter().zip(&reports).zip(recorded) {
+            if !ok {
+                lost.push(c.task_id);
+                continue;
+            }
+            self.workers.released(worker_id);
+            self.metrics
+                .completed(pool.as_deref().unwrap_or("unknown"), report);
+            self.scheduler
+                .observe(pool.as_deref().unwrap_or("unknown"), report);
+            tracing::info!(task_id = c.task_id, worker = worker_id, "task completed");
+        }
+        if lost.len() < completed.len() {
+            self.grids.poke();
+            self.events.publish(Event::JobChanged(None));
+        }
+        Ok(lost)
+    }
+
     pub async fn fail(
         &self,
         worker_id: &str,

@@ -67,6 +67,7 @@ conformance!(
     heartbeat_extends_lease_and_reports_lost,
     complete_is_fenced_on_the_lease,
     complete_many_fences_each_entry,
+    concurrent_groups_finish_every_job,
     retryable_failure_waits_out_its_backoff,
     non_retryable_failure_discards,
     rescuer_retries_then_discards_expired_leases,

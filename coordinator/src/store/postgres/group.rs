@@ -3,24 +3,44 @@
 
 use std::collections::HashSet;
 
-use super::{PostgresStore, LOCK_JOBS};
+use super::PostgresStore;
 use crate::store::{Completed, Millis, Result};
 
-const TASK_JOBS: &str = "SELECT DISTINCT job_id FROM tasks WHERE id = ANY($1) ORDER BY job_id";
+/// Finds and locks the jobs of the group's tasks, in id order (the backend's lock order:
+/// job rows first). Its own statement, so the next one reads a snapshot taken after every
+/// other finalizing writer of these jobs has committed.
+const LOCK_TASK_JOBS: &str = "SELECT id FROM jobs \
+     WHERE id IN (SELECT job_id FROM tasks WHERE id = ANY($1)) \
+     ORDER BY id FOR NO KEY UPDATE";
 
-/// Task rows locked in id order before the update, as the heartbeat and rescuer lock them,
-/// so a group never waits on a lock in the opposite order.
-const LOCK_TASKS: &str = "SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE";
-
-/// `COMPLETE` for a set of (task, worker, output) rows; each row is fenced on its own lease.
-const COMPLETE_GROUP: &str = "UPDATE tasks \
-     SET state = 'completed', sha256 = d.sha256, infotext = d.infotext, \
-         render_ms = d.render_ms, finalized_at = $6, \
-         lease_owner = NULL, lease_expires_at = NULL \
-     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-          AS d(id, worker, sha256, infotext, render_ms) \
-     WHERE tasks.id = d.id AND tasks.lease_owner = d.worker AND tasks.state = 'running' \
-     RETURNING tasks.id";
+/// The rest of the group in one statement: lock the task rows in id order (as the heartbeat
+/// and rescuer lock them, so a group never waits on a lock in the opposite order), complete
+/// each row fenced on its own lease, and finish the jobs left with no unfinalized task. The
+/// finish check runs in this statement's snapshot, where the rows it completes still look
+/// unfinalized, so it leaves them out by id; the job locks above keep every other finalizing
+/// write of these jobs out until commit.
+const COMPLETE_GROUP: &str = "WITH d AS ( \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+             AS d(id, worker, sha256, infotext, render_ms) \
+     ), locked AS ( \
+         SELECT id AS locked_id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE \
+     ), done AS ( \
+         UPDATE tasks \
+         SET state = 'completed', sha256 = d.sha256, infotext = d.infotext, \
+             render_ms = d.render_ms, finalized_at = $6, \
+             completed_by = d.worker, lease_owner = NULL, lease_expires_at = NULL \
+         FROM d, locked \
+         WHERE tasks.id = d.id AND locked.locked_id = d.id \
+           AND tasks.lease_owner = d.worker AND tasks.state = 'running' \
+         RETURNING tasks.id, tasks.job_id \
+     ), finished AS ( \
+         UPDATE jobs SET finished_at = $6 \
+         WHERE jobs.id IN (SELECT job_id FROM done) AND jobs.finished_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM tasks t \
+                           WHERE t.job_id = jobs.id AND t.finalized_at IS NULL \
+                             AND t.id NOT IN (SELECT id FROM done)) \
+     ) \
+     SELECT id FROM done";
 
 impl PostgresStore {
     pub(super) async fn complete_group(
@@ -46,12 +66,10 @@ impl PostgresStore {
             .collect();
 
         let mut tx = self.pool.begin().await?;
-        let jobs: Vec<String> = sqlx::query_scalar(TASK_JOBS)
+        sqlx::query(LOCK_TASK_JOBS)
             .bind(&ids)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query(LOCK_JOBS).bind(&jobs).execute(&mut *tx).await?;
-        sqlx::query(LOCK_TASKS).bind(&ids).execute(&mut *tx).await?;
         let recorded: HashSet<i64> = sqlx::query_scalar(COMPLETE_GROUP)
             .bind(&ids)
             .bind(&workers)
@@ -63,9 +81,6 @@ impl PostgresStore {
             .await?
             .into_iter()
             .collect();
-        for job in &jobs {
-            Self::finish_job_if_done(&mut tx, job, now).await?;
-        }
         tx.commit().await?;
         Ok(done
             .iter()
