@@ -4,7 +4,7 @@
 //! makespan against the ideal, for the coordinator's lease path and, in the same run and on
 //! the same workload, for the baseline claim (held models first, else the oldest task).
 //!
-//! `cargo bench -p sdfarm-coordinator --bench simulation`; Postgres comes from
+//! `cargo bench -p sdfarm-coordinator --bench simulation [-- coordinator|baseline]`; Postgres comes from
 //! `SDFARM_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`). Each
 //! policy runs on its own fresh database, dropped afterwards. Commits are not made durable
 //! (`synchronous_commit = off` on those databases): the simulation measures decisions in
@@ -69,13 +69,22 @@ async fn main() -> anyhow::Result<()> {
         config.jobs.len(),
         config.load_ms as f64 / 1000.0
     );
-    for (label, policy) in [
-        ("coordinator lease path", Policy::Coordinator),
+    // `-- coordinator` or `-- baseline` runs only that one.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a == "coordinator" || a == "baseline")
+        .collect();
+    for (name, label, policy) in [
+        ("coordinator", "coordinator lease path", Policy::Coordinator),
         (
+            "baseline",
             "baseline: held models, else oldest",
             Policy::AffinityThenOldest,
         ),
     ] {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         let started = Instant::now();
         let report = on_fresh_database(&admin_options, &config, policy).await?;
         println!(

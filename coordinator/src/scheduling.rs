@@ -8,9 +8,9 @@
 //!   when that backlog exceeds one load: otherwise the holders finish before a newcomer
 //!   could have loaded it, and the worker waits instead (an idle worker is then the first
 //!   to take the next job).
-//! * A worker whose model still has work switches only to a model nobody else serves as
-//!   well: when that model's backlog exceeds its own model's backlog without it plus one load.
-//!   A sole holder never leaves its model's waiting work.
+//! * A worker whose model still has work switches to the worst-served other model only when
+//!   that shortens the longer of the two backlogs, counting its load (so switching back and
+//!   forth never pays). A sole holder never leaves its model's waiting work.
 //!
 //! Waiting counts come from the store (`queue_counts`, re-read every [`REFRESH_MS`] and after
 //! each submit) and are lowered here as tasks are claimed; holders are the workers whose last
@@ -146,9 +146,16 @@ impl PoolState {
             .max();
         let other = self.neediest(held, worker, now, costs);
         match (own, other) {
-            (Some((_, own)), Some((backlog, model))) => {
-                let own_without_me = self.backlog(own, worker, now, costs);
-                if backlog > own_without_me + costs.load_ms {
+            (Some((own_waiting, own)), Some((_, model))) => {
+                // Switch only when it shortens the longer of the two backlogs, counting the
+                // load the switch costs: moving back and forth never pays.
+                let n_own = own_waiting as f64 * costs.image_ms;
+                let h_own = self.holders_of(own, worker, now) as f64;
+                let n_new = self.waiting.get(model).copied().unwrap_or(0) as f64 * costs.image_ms;
+                let h_new = self.holders_of(model, worker, now) as f64;
+                let before = drain(n_own, h_own + 1.0).max(drain(n_new, h_new));
+                let after = drain(n_own, h_own).max(drain_joined(n_new, h_new, costs.load_ms));
+                if after < before {
                     Plan::Load(model.to_string())
                 } else {
                     Plan::Held
@@ -164,6 +171,28 @@ impl PoolState {
             }
             (None, None) => Plan::Any,
         }
+    }
+}
+
+/// How long `holders` workers take to render `work` ms of images (unbounded with none).
+fn drain(work: f64, holders: f64) -> f64 {
+    if work <= 0.0 {
+        0.0
+    } else if holders <= 0.0 {
+        f64::INFINITY
+    } else {
+        work / holders
+    }
+}
+
+/// `drain` when one more worker joins after loading for `load` ms: it takes a share of what
+/// is left once its load is done (nothing, when the holders finish first).
+fn drain_joined(work: f64, holders: f64, load: f64) -> f64 {
+    let alone = drain(work, holders);
+    if alone <= load {
+        alone
+    } else {
+        (work + load) / (holders + 1.0)
     }
 }
 
