@@ -1,4 +1,5 @@
-//! Client commands against a running coordinator: submit, status, watch, wait, cancel, ls.
+//! Client commands against a running coordinator: submit, status, watch, wait, cancel, ls
+//! (pause, resume and retry are in `control`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +18,7 @@ pub type JobClient = JobServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub async fn connect(addr: &CoordinatorAddr) -> anyhow::Result<JobClient> {
     let bearer = Bearer::new(addr.token.as_deref()).context("--token / SDFARM_TOKEN")?;
-    let channel = tonic::transport::Endpoint::from_shared(addr.url.clone())
-        .with_context(|| format!("coordinator address {:?}", addr.url))?
+    let channel = sdfarm_proto::tls::endpoint(&addr.url, addr.tls_ca.as_deref())?
         .connect()
         .await
         .with_context(|| format!("connecting to coordinator {}", addr.url))?;
@@ -34,6 +34,10 @@ pub struct SubmitArgs {
     /// Job name (default: the sweep's `name`, else the file name).
     #[arg(long, env = "SDFARM_JOB_NAME")]
     pub name: Option<String>,
+    /// Owner of the job, whose jobs share the farm round robin with other owners' (default:
+    /// $USER). A coordinator with tokens takes the token's name instead.
+    #[arg(long, env = "SDFARM_OWNER")]
+    pub owner: Option<String>,
 }
 
 /// Reads a sweep file and the request that submits it.
@@ -53,11 +57,16 @@ pub fn submit_request(path: &PathBuf, name: Option<String>) -> anyhow::Result<pb
         sweep,
         format: format.into(),
         name,
+        ..Default::default()
     })
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let request = submit_request(&args.sweep, args.name)?;
+    let mut request = submit_request(&args.sweep, args.name)?;
+    request.owner = args
+        .owner
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_default();
     let mut client = connect(&args.coordinator).await?;
     let job = client
         .submit(request)
@@ -94,6 +103,7 @@ pub fn state_name(state: i32) -> &'static str {
         pb::JobState::Succeeded => "succeeded",
         pb::JobState::Failed => "failed",
         pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Paused => "paused",
         pb::JobState::Unspecified => "unknown",
     }
 }
@@ -115,6 +125,7 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
     serde_json::json!({
         "id": job.id,
         "name": job.name,
+        "owner": job.owner,
         "state": state_name(job.state),
         "output_prefix": job.output_prefix,
         "created_at_ms": job.created_at_ms,
@@ -127,7 +138,7 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
     })
 }
 
-fn rpc_error(s: tonic::Status) -> anyhow::Error {
+pub fn rpc_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
@@ -167,6 +178,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         let c = job.counts.clone().unwrap_or_default();
         println!("job      {} ({})", job.id, job.name);
+        println!("owner    {}", job.owner);
         println!("state    {}", state_name(job.state));
         println!(
             "images   {} completed, {} rendering, {} waiting, {} retrying, {} discarded, {} cancelled, of {}",
