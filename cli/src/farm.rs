@@ -60,6 +60,13 @@ pub struct CoordinatorArgs {
     /// Redis pub/sub channel of this farm (farms sharing a Redis use different ones).
     #[arg(long, env = "SDFARM_REDIS_CHANNEL", default_value = sdfarm_coordinator::relay::DEFAULT_CHANNEL)]
     pub redis_channel: String,
+    /// Serve gRPC over TLS with this certificate (PEM; the server's first, then any
+    /// intermediates). Needs --tls-key.
+    #[arg(long, env = "SDFARM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM). Needs --tls-cert.
+    #[arg(long, env = "SDFARM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -107,6 +114,10 @@ pub fn config_from(args: &CoordinatorArgs) -> anyhow::Result<CoordinatorConfig> 
                 tokens
             }
             None => Default::default(),
+        },
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(sdfarm_coordinator::tls::TlsIdentity::load(cert, key)?),
+            _ => None,
         },
         ..CoordinatorConfig::default()
     })
@@ -206,6 +217,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = sdfarm_worker::WorkerConfig {
         coordinator: args.coordinator.url,
         token: args.coordinator.token,
+        tls_ca: args.coordinator.tls_ca,
         drain_timeout: {
             anyhow::ensure!(
                 args.drain_seconds.is_finite() && args.drain_seconds >= 0.0,
@@ -237,11 +249,11 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
     use sdfarm_proto::v1::{worker_service_client::WorkerServiceClient, DrainRequest};
     let bearer = sdfarm_proto::auth::Bearer::new(args.coordinator.token.as_deref())
         .context("--token / SDFARM_TOKEN")?;
-    let channel = tonic::transport::Endpoint::from_shared(args.coordinator.url.clone())
-        .with_context(|| format!("coordinator address {:?}", args.coordinator.url))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to coordinator {}", args.coordinator.url))?;
+    let channel =
+        sdfarm_proto::tls::endpoint(&args.coordinator.url, args.coordinator.tls_ca.as_deref())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to coordinator {}", args.coordinator.url))?;
     WorkerServiceClient::with_interceptor(channel, bearer)
         .drain(DrainRequest {
             worker_id: args.worker_id.clone(),

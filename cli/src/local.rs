@@ -74,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             pool: String::new(),
             labels: Default::default(),
             token: None,
+            tls_ca: None,
             drain_timeout: Duration::from_secs(30),
         },
         async {
@@ -84,6 +85,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut client = jobs::connect(&CoordinatorAddr {
         url: addr,
         token: None,
+        tls_ca: None,
     })
     .await?;
     let job = client

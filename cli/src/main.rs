@@ -1,5 +1,6 @@
 //! `sdfarm`: the one command people use to run sweeps, operate a farm and inspect images.
 
+mod control;
 mod farm;
 mod jobs;
 mod local;
@@ -41,6 +42,10 @@ pub struct CoordinatorAddr {
     /// a worker token for `sdfarm worker`).
     #[arg(long = "token", env = "SDFARM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) the coordinator's TLS certificate is checked against, for an
+    /// https:// address of a farm with its own CA; without it https:// uses the system roots.
+    #[arg(long = "tls-ca", env = "SDFARM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +82,14 @@ enum Command {
     Cancel(jobs::JobArgs),
     /// List recent jobs.
     Ls(jobs::LsArgs),
+    /// Pause a job: its waiting images are not started until it is resumed; images being
+    /// rendered finish.
+    Pause(jobs::JobArgs),
+    /// Resume a paused job.
+    Resume(jobs::JobArgs),
+    /// Put a job's failed (discarded) and cancelled images back in the queue with fresh
+    /// attempts; the reasons of the earlier attempts are kept.
+    Retry(jobs::JobArgs),
 }
 
 #[tokio::main]
@@ -98,6 +111,9 @@ async fn main() -> ExitCode {
         Command::Wait(args) => jobs::wait(args).await,
         Command::Cancel(args) => jobs::cancel(args).await,
         Command::Ls(args) => jobs::ls(args).await,
+        Command::Pause(args) => control::pause(args).await,
+        Command::Resume(args) => control::resume(args).await,
+        Command::Retry(args) => control::retry(args).await,
     };
     match result {
         Ok(code) => code,

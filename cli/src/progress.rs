@@ -63,9 +63,13 @@ pub async fn follow(client: &mut JobClient, job_id: &str, bars: bool) -> anyhow:
                 if c.discarded > 0 {
                     bar.println(format!("{} image(s) failed for good", c.discarded));
                 }
-                if job.state != pb::JobState::Running as i32 {
+                let paused = job.state == pb::JobState::Paused as i32;
+                if job.state != pb::JobState::Running as i32 && !paused {
                     bar.finish_and_clear();
                     return Ok(job);
+                }
+                if paused {
+                    bar.set_message("paused (sdfarm resume JOB)");
                 }
                 if !event.progress.is_empty() {
                     let msg = steps

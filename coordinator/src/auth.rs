@@ -176,6 +176,17 @@ impl Tokens {
     }
 }
 
+/// The owner a submitted job is stored under. With tokens, the caller's name: a client
+/// cannot submit as someone else (an admin may, by naming the owner). Without tokens the
+/// coordinator cannot tell who calls, so the name the client sent is taken as given.
+pub fn job_owner(caller: Option<&Caller>, requested: &str) -> String {
+    match caller {
+        Some(c) if c.role == Role::Admin && !requested.trim().is_empty() => requested.to_string(),
+        Some(c) => c.name.clone(),
+        None => requested.to_string(),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -281,6 +292,23 @@ mod tests {
             let e = call(&t, Service::Jobs, bad).unwrap_err();
             assert_eq!(e.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn owners_come_from_the_token_when_there_is_one() {
+        let alice = Caller {
+            name: "alice".into(),
+            role: Role::Client,
+        };
+        let ops = Caller {
+            name: "ops".into(),
+            role: Role::Admin,
+        };
+        assert_eq!(job_owner(Some(&alice), "mallory"), "alice");
+        assert_eq!(job_owner(Some(&alice), ""), "alice");
+        assert_eq!(job_owner(Some(&ops), "bob"), "bob");
+        assert_eq!(job_owner(Some(&ops), ""), "ops");
+        assert_eq!(job_owner(None, "carol"), "carol");
     }
 
     #[test]

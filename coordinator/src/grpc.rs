@@ -61,12 +61,14 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         created_at_ms: job.created_at,
         finished_at_ms: job.finished_at.unwrap_or(0),
         output_prefix: job.output_prefix.clone(),
+        owner: job.owner.clone(),
     }
 }
 
 fn job_state_to_proto(state: JobState) -> pb::JobState {
     match state {
         JobState::Running => pb::JobState::Running,
+        JobState::Paused => pb::JobState::Paused,
         JobState::Succeeded => pb::JobState::Succeeded,
         JobState::Failed => pb::JobState::Failed,
         JobState::Cancelled => pb::JobState::Cancelled,
@@ -106,8 +108,13 @@ impl JobService for GrpcApi {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let caller = req.extensions().get::<crate::auth::Caller>().cloned();
         let r = req.into_inner();
-        let job = self.inner.submit(&r.sweep, &r.format, &r.name).await?;
+        let owner = crate::auth::job_owner(caller.as_ref(), &r.owner);
+        let job = self
+            .inner
+            .submit_as(&r.sweep, &r.format, &r.name, &owner)
+            .await?;
         Ok(Response::new(pb::SubmitResponse {
             job: Some(job_to_proto(&job)),
         }))
@@ -184,7 +191,8 @@ impl JobService for GrpcApi {
             loop {
                 let snapshot = job_to_proto(&job);
                 if last_sent.as_ref() != Some(&snapshot) {
-                    let done = job.state() != JobState::Running;
+                    // A paused job is still going: the watch follows it until it finishes.
+                    let done = !matches!(job.state(), JobState::Running | JobState::Paused);
                     let event = pb::JobEvent {
                         job: Some(snapshot.clone()),
                         progress: Vec::new(),
@@ -239,6 +247,49 @@ impl JobService for GrpcApi {
         Ok(Response::new(pb::CancelResponse {
             job: Some(job_to_proto(&job)),
         }))
+    }
+
+    async fn pause(
+        &self,
+        req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let job = self.inner.pause(&req.into_inner().job_id).await?;
+        Ok(Response::new(pb::PauseResponse {
+            job: Some(job_to_proto(&job)),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        req: Request<pb::ResumeRequest>,
+    ) -> Result<Response<pb::ResumeResponse>, Status> {
+        let job = self.inner.resume(&req.into_inner().job_id).await?;
+        Ok(Response::new(pb::ResumeResponse {
+            job: Some(job_to_proto(&job)),
+        }))
+    }
+
+    async fn retry(
+        &self,
+        req: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
+        let (retried, job) = self.inner.retry(&req.into_inner().job_id).await?;
+        Ok(Response::new(pb::RetryResponse {
+            job: Some(job_to_proto(&job)),
+            retried,
+        }))
+    }
+
+    async fn write_manifest(
+        &self,
+        req: Request<pb::WriteManifestRequest>,
+    ) -> Result<Response<pb::WriteManifestResponse>, Status> {
+        let r = req.into_inner();
+        let reply = self
+            .inner
+            .manifest_request(&r.job_id, r.only_if_missing)
+            .await?;
+        Ok(Response::new(reply))
     }
 }
 

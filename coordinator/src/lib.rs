@@ -13,6 +13,7 @@ pub mod expand;
 pub mod grid;
 pub mod grpc;
 pub mod http;
+pub mod job_control;
 pub mod metrics;
 pub mod relay;
 pub mod scaling;
@@ -21,6 +22,7 @@ pub mod service;
 pub mod sim;
 pub mod spec;
 pub mod store;
+pub mod tls;
 pub mod workers;
 
 use std::future::Future;
@@ -44,6 +46,11 @@ pub async fn run(
     coordinator: Arc<Coordinator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), ServeError> {
+    // TLS first: a certificate that does not load stops the start before anything runs.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &coordinator.config().tls {
+        server = server.tls_config(tls.server_config())?;
+    }
     let rescuer = tokio::spawn(coordinator.clone().rescue_loop());
     let grids = tokio::spawn(coordinator.clone().grid_loop());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -61,7 +68,7 @@ pub async fn run(
     let tokens = coordinator.config().tokens.clone();
     let api = grpc::GrpcApi::new(coordinator);
     tracing::info!(addr = ?grpc.local_addr().ok(), open = tokens.is_open(), "coordinator listening");
-    let result = tonic::transport::Server::builder()
+    let result = server
         .add_service(JobServiceServer::with_interceptor(
             api.clone(),
             tokens.guard(auth::Service::Jobs),

@@ -47,6 +47,8 @@ pub struct CoordinatorConfig {
     pub tasks_per_worker: u32,
     /// Bearer tokens and their roles; empty: every call is admitted.
     pub tokens: crate::auth::Tokens,
+    /// Certificate and key gRPC is served with; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsIdentity>,
 }
 
 impl Default for CoordinatorConfig {
@@ -62,6 +64,7 @@ impl Default for CoordinatorConfig {
             default_pool: DEFAULT_POOL.into(),
             tasks_per_worker: 1,
             tokens: crate::auth::Tokens::default(),
+            tls: None,
         }
     }
 }
@@ -72,7 +75,7 @@ pub struct Coordinator {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) events: Events,
     /// Wakes long-polling leases when work may have appeared (submit, retry, rescue).
-    work_ready: Notify,
+    pub(crate) work_ready: Notify,
     workers: Workers,
     metrics: Metrics,
     /// Jobs whose grids are still to be composed (see `grid::job`).
@@ -213,8 +216,23 @@ impl Coordinator {
         self.config.lease.as_millis() as i64
     }
 
-    /// Parses, expands and stores a sweep as one job. Nothing is stored if any part fails.
+    /// Parses, expands and stores a sweep as one job of the anonymous owner. Nothing is
+    /// stored if any part fails.
     pub async fn submit(&self, sweep: &str, format: &str, name: &str) -> Result<JobRecord> {
+        self.submit_as(sweep, format, name, crate::store::ANONYMOUS_OWNER)
+            .await
+    }
+
+    /// `submit` for `owner` (see `job_control::owner_name`), whose jobs share the farm
+    /// round robin with other owners' jobs of the same priority.
+    pub async fn submit_as(
+        &self,
+        sweep: &str,
+        format: &str,
+        name: &str,
+        owner: &str,
+    ) -> Result<JobRecord> {
+        let owner = crate::job_control::owner_name(owner)?;
         let format = if format.is_empty() {
             SweepFormat::Toml
         } else {
@@ -269,6 +287,7 @@ impl Coordinator {
             max_attempts: spec.max_attempts,
             priority: spec.priority,
             pool,
+            owner,
         };
         let stored = self
             .store

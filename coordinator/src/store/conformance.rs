@@ -17,6 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use super::*;
 
 mod affinity;
+mod fairness;
 mod fixtures;
 mod groups;
 mod jobs;
@@ -26,6 +27,7 @@ mod release;
 mod streaming;
 
 use affinity::*;
+use fairness::*;
 use fixtures::{submit, LEASE, T0};
 use groups::*;
 use jobs::*;
@@ -83,6 +85,11 @@ conformance!(
     release_returns_tasks_without_using_an_attempt,
     released_retry_stays_retryable_with_its_history,
     loaded_models_are_claimed_first_within_the_top_priority,
+    leases_alternate_between_owners_of_equal_priority,
+    affinity_claims_alternate_between_owners,
+    paused_job_is_not_leased_until_resumed,
+    retry_returns_failed_tasks_with_their_history,
+    retried_tasks_of_a_paused_job_stay_held,
 );
 
 async fn on_sqlite<F, Fut>(check: F)

@@ -32,12 +32,13 @@ pub(super) fn compact_params_json(params: &RenderParams) -> String {
 pub(super) struct CopyRows {
     buf: Vec<u8>,
     /// The columns every row of the job shares, already escaped: job id, then priority,
-    /// and the tail after the params (max attempts … pool).
+    /// and the tail after the params (max attempts … owner).
     job_id: String,
     priority: String,
     max_attempts: String,
     scheduled_at: String,
     pool: String,
+    owner: String,
 }
 
 impl CopyRows {
@@ -49,6 +50,7 @@ impl CopyRows {
             max_attempts: attempts_to_sql(job.max_attempts).to_string(),
             scheduled_at: now.to_string(),
             pool: escape(&job.pool),
+            owner: escape(&job.owner),
         }
     }
 
@@ -66,6 +68,7 @@ impl CopyRows {
             &key,
             &self.scheduled_at,
             &self.pool,
+            &self.owner,
         ]
         .iter()
         .enumerate()

@@ -116,7 +116,12 @@ pub struct NewJob {
     pub priority: i32,
     /// Worker pool whose workers may render the job's tasks.
     pub pool: String,
+    /// Who submitted the job: leases of equal priority go round robin across owners.
+    pub owner: String,
 }
+
+/// The owner of jobs submitted without one (no authentication and no name given).
+pub const ANONYMOUS_OWNER: &str = "anonymous";
 
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -139,6 +144,8 @@ pub struct TaskCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
     Running,
+    /// Unfinished and paused: waiting tasks are not leased; running ones finish.
+    Paused,
     Succeeded,
     Failed,
     Cancelled,
@@ -153,6 +160,8 @@ pub struct JobRecord {
     pub max_attempts: u32,
     pub priority: i32,
     pub cancelled: bool,
+    pub owner: String,
+    pub paused: bool,
     pub created_at: Millis,
     /// Set when the last task reaches a final state.
     pub finished_at: Option<Millis>,
@@ -163,6 +172,8 @@ impl JobRecord {
     /// The job's state follows from its task counts; it is never stored separately so it
     /// cannot disagree with them.
     pub fn state(&self) -> JobState {
+        // Paused only while unfinished: a paused job whose running tasks complete the last
+        // images has succeeded.
         let c = &self.counts;
         if self.cancelled {
             JobState::Cancelled
@@ -170,6 +181,8 @@ impl JobRecord {
             JobState::Succeeded
         } else if c.available + c.running + c.retryable == 0 {
             JobState::Failed
+        } else if self.paused {
+            JobState::Paused
         } else {
             JobState::Running
         }
@@ -297,9 +310,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tasks(&self, job_id: &str) -> Result<Vec<TaskRecord>>;
 
     /// Leases up to `max` claimable tasks of `pool` (available, or retryable whose
-    /// `scheduled_at` has passed, of jobs not cancelled) to `worker` until `now + lease_ms`,
-    /// highest job priority first, then oldest. Each claim increments the task's attempt. Two
-    /// concurrent callers never receive the same task; tasks of other pools are never leased.
+    /// `scheduled_at` has passed, of jobs neither cancelled nor paused) to `worker` until
+    /// `now + lease_ms`. Fair across owners: of the owners whose best claimable task has the
+    /// highest priority, the one served longest ago gets this lease, filled from its tasks
+    /// highest priority first, then oldest; serving it moves it to the back. Each claim
+    /// increments the task's attempt. Two concurrent callers never receive the same task;
+    /// tasks of other pools are never leased.
     async fn claim(
         &self,
         worker: &str,
@@ -312,6 +328,7 @@ pub trait Store: Send + Sync + 'static {
     /// Like `claim`, restricted to tasks whose model is one of `models` (those the worker
     /// holds in memory) and to the highest priority any claimable task of the pool has: a
     /// model load costs more than dozens of images, but never a higher priority's turn.
+    /// Fair across owners as `claim` is, among the owners with such tasks.
     /// Empty when no such task waits; the caller then claims normally.
     async fn claim_for_models(
         &self,
@@ -395,6 +412,17 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels every task of the job that has not reached a final state and returns the job.
     /// A job that already finished is returned unchanged: its outcome stands.
     async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord>;
+
+    /// Pauses (`paused = true`) or resumes a job: a paused job's waiting tasks are not
+    /// leased (nor are its tasks that fail or are released while it is paused); tasks being
+    /// rendered finish. A finished job is returned unchanged.
+    async fn set_paused(&self, id: &str, paused: bool, now: Millis) -> Result<JobRecord>;
+
+    /// Puts the job's discarded and cancelled tasks back in the queue with fresh attempts,
+    /// keeping the reasons of their earlier attempts; a cancelled job is no longer cancelled
+    /// and an ended job is unfinished again. Returns how many tasks were put back (0 leaves
+    /// the job as it was) and the job.
+    async fn retry_job(&self, id: &str, now: Millis) -> Result<(u64, JobRecord)>;
 
     /// Counts of unfinished tasks (available, running, retryable) grouped by pool, model and
     /// state, ordered by those three. Read on every metrics scrape and scaling poll, so it

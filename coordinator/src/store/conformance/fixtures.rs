@@ -27,6 +27,7 @@ pub(super) fn new_job(id: &str, priority: i32, max_attempts: u32) -> NewJob {
         max_attempts,
         priority,
         pool: DEFAULT_POOL.to_string(),
+        owner: ANONYMOUS_OWNER.to_string(),
     }
 }
 
