@@ -83,6 +83,7 @@ async fn submit(farm: &mut Farm, sweep: &str) -> pb::Job {
             sweep: sweep.into(),
             format: "toml".into(),
             name: "ops".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -345,6 +346,7 @@ async fn a_sweep_for_an_invalid_pool_is_refused_with_the_rule() {
             sweep: "model = \"builtin:tiny-sd\"\npool = \"A100_80GB\"\n".into(),
             format: "toml".into(),
             name: "bad".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             pool: String::new(),
             labels: Default::default(),
             token: None,
+            tls_ca: None,
             drain_timeout: Duration::from_secs(30),
         },
         async move {

@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Bearer token (a worker or admin token) for a coordinator that requires one.
     pub token: Option<String>,
+    /// CA certificate (PEM) to check an `https://` coordinator's certificate against;
+    /// `None`: the system's roots.
+    pub tls_ca: Option<PathBuf>,
     /// After shutdown is asked for, how long a task being rendered may still run; past it
     /// the render stops at its next step and the task is released to the queue.
     pub drain_timeout: Duration,
@@ -57,6 +60,8 @@ pub enum WorkerError {
     },
     #[error("worker token: {0}")]
     Token(#[from] sdfarm_proto::auth::InvalidToken),
+    #[error(transparent)]
+    Endpoint(#[from] sdfarm_proto::tls::EndpointError),
     #[error("coordinator refused: {0}")]
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
@@ -79,7 +84,14 @@ pub async fn run(
         let _ = on_shutdown.send(true);
     });
     let bearer = Bearer::new(config.token.as_deref())?;
-    let Some(mut client) = connect(&config.coordinator, bearer, stop_rx.clone()).await? else {
+    let Some(mut client) = connect(
+        &config.coordinator,
+        config.tls_ca.as_deref(),
+        bearer,
+        stop_rx.clone(),
+    )
+    .await?
+    else {
         return Ok(());
     };
     let reg = client
@@ -113,21 +125,14 @@ pub async fn run(
 /// Connects, retrying while the coordinator is not up yet. `None` if shutdown came first.
 async fn connect(
     addr: &str,
+    ca: Option<&std::path::Path>,
     bearer: Bearer,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Client>, WorkerError> {
     let mut delay = Duration::from_millis(100);
     let started = Instant::now();
+    let endpoint = sdfarm_proto::tls::endpoint(addr, ca)?;
     loop {
-        let endpoint = match Channel::from_shared(addr.to_string()) {
-            Ok(e) => e,
-            Err(_) => {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "coordinator address {addr:?} is not a URL"
-                ))
-                .into())
-            }
-        };
         match endpoint.connect().await {
             Ok(c) => return Ok(Some(WorkerServiceClient::with_interceptor(c, bearer))),
             Err(source) if started.elapsed() > Duration::from_secs(60) => {

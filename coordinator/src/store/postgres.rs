@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::rows::{
-    attempts_to_sql, claimed_in_order, jobs_from_rows, lease_expired_reason, params_json,
-    queue_counts_from_rows, AfterFailure, JobCountRow, QueueCountRow, TaskRow,
+    attempts_to_sql, jobs_from_rows, lease_expired_reason, params_json, queue_counts_from_rows,
+    AfterFailure, JobCountRow, QueueCountRow, TaskRow,
 };
 use super::{
     Completed, JobRecord, Millis, NewJob, NewTask, QueueCount, RescueReport, Result, RetryPolicy,
@@ -43,7 +43,8 @@ macro_rules! jobs_with_counts {
             $page,
             ") \
              SELECT page.id, page.name, page.sweep, page.output_prefix, page.max_attempts, \
-                    page.priority, page.cancelled, page.created_at, page.finished_at, \
+                    page.priority, page.cancelled, page.owner, page.paused, page.created_at, \
+                    page.finished_at, \
                     c.state, c.n \
              FROM page \
              LEFT JOIN (SELECT job_id, state, count(*) AS n FROM tasks \
@@ -55,52 +56,35 @@ macro_rules! jobs_with_counts {
 }
 
 // After the column macros, which its queries use.
+mod fair;
 mod worker_sql;
-use worker_sql::{CLAIM_FOR_MODELS, RELEASE};
+use worker_sql::RELEASE;
 
 const GET_JOB: &str = jobs_with_counts!("SELECT * FROM jobs WHERE id = $1");
 const LIST_JOBS: &str =
     jobs_with_counts!("SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT $1");
 
 const INSERT_JOB: &str = "INSERT INTO jobs \
-     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at, owner) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// One statement for the whole sweep: large jobs insert in a single round trip.
 const INSERT_TASKS: &str = "INSERT INTO tasks \
-     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool) \
-     SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4, $8 \
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
+      owner) \
+     SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4, $8, $9 \
      FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS t(image_index, params, output_key)";
 
 /// Streaming submit: COPY is the fastest way into Postgres and takes rows as they are made.
 const COPY_TASKS: &str = "COPY tasks \
-     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool) \
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
+      owner) \
      FROM STDIN";
 
 const LIST_TASKS: &str = concat!(
     "SELECT ",
     task_columns!(),
     " FROM tasks WHERE job_id = $1 ORDER BY image_index"
-);
-
-/// River's claim: lock the first claimable ids in priority order, skipping rows another
-/// claimer holds, then lease exactly those. `tasks_pool_claim_idx` serves the WHERE and ORDER BY.
-const CLAIM: &str = concat!(
-    "WITH claimable AS ( \
-         SELECT t.id AS claim_id FROM tasks t \
-         WHERE t.pool = $5 \
-           AND t.state IN ('available', 'retryable') \
-           AND t.scheduled_at <= $1 \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
-         ORDER BY t.priority DESC, t.id \
-         LIMIT $2 \
-         FOR UPDATE SKIP LOCKED \
-     ) \
-     UPDATE tasks \
-     SET state = 'running', attempt = attempt + 1, lease_owner = $3, lease_expires_at = $4 \
-     FROM claimable WHERE tasks.id = claimable.claim_id \
-     RETURNING ",
-    task_columns!()
 );
 
 /// Locks in id order (see module docs) before extending.
@@ -155,8 +139,9 @@ const CANCEL_TASKS: &str = "WITH doomed AS ( \
      FROM doomed WHERE tasks.id = doomed.doomed_id";
 
 /// Unfinished rows only (`tasks_unfinished_idx`): finished history never slows a scrape.
+/// Waiting tasks of paused jobs are left out: no worker should start for them.
 const QUEUE_COUNTS: &str = "SELECT pool, params->>'model' AS model, state, count(*) AS n \
-     FROM tasks WHERE finalized_at IS NULL \
+     FROM tasks WHERE finalized_at IS NULL AND (state = 'running' OR NOT paused) \
      GROUP BY pool, model, state ORDER BY pool, model, state";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)";
@@ -264,6 +249,7 @@ impl Store for PostgresStore {
             .bind(job.priority)
             .bind(now)
             .bind(finished_at)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         let indexes: Vec<i64> = tasks.iter().map(|t| i64::from(t.image_index)).collect();
@@ -278,6 +264,12 @@ impl Store for PostgresStore {
             .bind(params)
             .bind(keys)
             .bind(&job.pool)
+            .bind(&job.owner)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(fair::ADD_OWNER)
+            .bind(&job.pool)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -301,6 +293,7 @@ impl Store for PostgresStore {
             .bind(job.priority)
             .bind(now)
             .bind(None::<Millis>)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         let mut copy = tx.copy_in_raw(COPY_TASKS).await?;
@@ -314,6 +307,11 @@ impl Store for PostgresStore {
         }
         copy.send(rows.finish()).await?;
         copy.finish().await?;
+        sqlx::query(fair::ADD_OWNER)
+            .bind(&job.pool)
+            .bind(&job.owner)
+            .execute(&mut *tx)
+            .await?;
         if stored == 0 {
             // A job with nothing to render is finished the moment it exists.
             sqlx::query("UPDATE jobs SET finished_at = $2 WHERE id = $1")
@@ -373,15 +371,7 @@ impl Store for PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM)
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms))
-            .bind(pool)
-            .fetch_all(&self.pool)
-            .await?;
-        claimed_in_order(rows)
+        self.fair_claim(worker, pool, max, lease_ms, now).await
     }
 
     async fn claim_for_models(
@@ -396,16 +386,8 @@ impl Store for PostgresStore {
         if max == 0 || models.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM_FOR_MODELS)
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms))
-            .bind(pool)
-            .bind(models)
-            .fetch_all(&self.pool)
-            .await?;
-        claimed_in_order(rows)
+        self.fair_claim_for_models(worker, pool, models, max, lease_ms, now)
+            .await
     }
 
     async fn heartbeat(
@@ -605,6 +587,14 @@ impl Store for PostgresStore {
         tx.commit().await?;
         // Also the JobNotFound check when nothing was updated.
         self.get_job(id).await
+    }
+
+    async fn set_paused(&self, id: &str, paused: bool, _now: Millis) -> Result<JobRecord> {
+        self.pause(id, paused).await
+    }
+
+    async fn retry_job(&self, id: &str, now: Millis) -> Result<(u64, JobRecord)> {
+        self.retry(id, now).await
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCount>> {

@@ -17,8 +17,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
-    attempts_to_sql, claimed_in_order, jobs_from_rows, lease_expired_reason, params_json,
-    queue_counts_from_rows, AfterFailure, JobCountRow, QueueCountRow, TaskRow,
+    attempts_to_sql, jobs_from_rows, lease_expired_reason, params_json, queue_counts_from_rows,
+    AfterFailure, JobCountRow, QueueCountRow, TaskRow,
 };
 use super::{
     JobRecord, Millis, NewJob, NewTask, QueueCount, RescueReport, Result, RetryPolicy, Store,
@@ -46,7 +46,8 @@ macro_rules! jobs_with_counts {
             $page,
             ") \
              SELECT page.id, page.name, page.sweep, page.output_prefix, page.max_attempts, \
-                    page.priority, page.cancelled, page.created_at, page.finished_at, \
+                    page.priority, page.cancelled, page.owner, page.paused, page.created_at, \
+                    page.finished_at, \
                     c.state, c.n \
              FROM page \
              LEFT JOIN (SELECT job_id, state, count(*) AS n FROM tasks \
@@ -57,66 +58,26 @@ macro_rules! jobs_with_counts {
     };
 }
 
+// After the column macros, which its queries use.
+mod fair;
+
 const GET_JOB: &str = jobs_with_counts!("SELECT * FROM jobs WHERE id = ?1");
 const LIST_JOBS: &str =
     jobs_with_counts!("SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?1");
 
 const INSERT_JOB: &str = "INSERT INTO jobs \
-     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at, owner) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 const INSERT_TASK: &str = "INSERT INTO tasks \
-     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+     (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
+      owner) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 const LIST_TASKS: &str = concat!(
     "SELECT ",
     task_columns!(),
     " FROM tasks WHERE job_id = ?1 ORDER BY image_index"
-);
-
-/// The claim in one statement; `tasks_pool_claim_idx` serves the WHERE and ORDER BY.
-const CLAIM: &str = concat!(
-    "UPDATE tasks \
-     SET state = 'running', attempt = attempt + 1, lease_owner = ?1, lease_expires_at = ?2 \
-     WHERE id IN ( \
-         SELECT t.id FROM tasks t \
-         WHERE t.pool = ?5 \
-           AND t.state IN ('available', 'retryable') \
-           AND t.scheduled_at <= ?3 \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
-         ORDER BY t.priority DESC, t.id \
-         LIMIT ?4 \
-     ) \
-     RETURNING ",
-    task_columns!()
-);
-
-/// The claim of a worker that holds models in memory (`?6`, a JSON array): their tasks, but
-/// only at the highest priority anything claimable has.
-const CLAIM_FOR_MODELS: &str = concat!(
-    "UPDATE tasks \
-     SET state = 'running', attempt = attempt + 1, lease_owner = ?1, lease_expires_at = ?2 \
-     WHERE id IN ( \
-         SELECT t.id FROM tasks t \
-         WHERE t.pool = ?5 \
-           AND json_extract(t.params, '$.model') IN (SELECT value FROM json_each(?6)) \
-           AND t.priority = ( \
-               SELECT t2.priority FROM tasks t2 \
-               WHERE t2.pool = ?5 \
-                 AND t2.state IN ('available', 'retryable') \
-                 AND t2.scheduled_at <= ?3 \
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t2.job_id AND j.cancelled) \
-               ORDER BY t2.priority DESC, t2.id \
-               LIMIT 1) \
-           AND t.state IN ('available', 'retryable') \
-           AND t.scheduled_at <= ?3 \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id AND j.cancelled) \
-         ORDER BY t.id \
-         LIMIT ?4 \
-     ) \
-     RETURNING ",
-    task_columns!()
 );
 
 /// `?1` is a JSON array of task ids: SQLite has no array parameters.
@@ -163,9 +124,10 @@ const CANCEL_TASKS: &str = "UPDATE tasks SET state = 'cancelled', finalized_at =
      WHERE job_id = ?1 AND finalized_at IS NULL";
 
 /// Unfinished rows only (`tasks_unfinished_idx`): finished history never slows a scrape.
+/// Waiting tasks of paused jobs are left out: no worker should start for them.
 const QUEUE_COUNTS: &str =
     "SELECT pool, json_extract(params, '$.model') AS model, state, count(*) AS n \
-     FROM tasks WHERE finalized_at IS NULL \
+     FROM tasks WHERE finalized_at IS NULL AND (state = 'running' OR paused = 0) \
      GROUP BY pool, model, state ORDER BY pool, model, state";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)";
@@ -233,6 +195,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    async fn add_owner(tx: &mut Transaction<'static, Sqlite>, job: &NewJob) -> Result<()> {
+        sqlx::query(fair::ADD_OWNER)
+            .bind(&job.pool)
+            .bind(&job.owner)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn record_failure(
         tx: &mut Transaction<'static, Sqlite>,
         task_id: i64,
@@ -268,6 +239,7 @@ impl Store for SqliteStore {
             .bind(job.priority)
             .bind(now)
             .bind(finished_at)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         for task in tasks {
@@ -280,9 +252,11 @@ impl Store for SqliteStore {
                 .bind(&task.output_key)
                 .bind(now)
                 .bind(&job.pool)
+                .bind(&job.owner)
                 .execute(&mut *tx)
                 .await?;
         }
+        Self::add_owner(&mut tx, job).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -303,6 +277,7 @@ impl Store for SqliteStore {
             .bind(job.priority)
             .bind(now)
             .bind(None::<Millis>)
+            .bind(&job.owner)
             .execute(&mut *tx)
             .await?;
         // One prepared statement per row inside one transaction: SQLite's fastest path,
@@ -319,9 +294,11 @@ impl Store for SqliteStore {
                 .bind(&task.output_key)
                 .bind(now)
                 .bind(&job.pool)
+                .bind(&job.owner)
                 .execute(&mut *tx)
                 .await?;
         }
+        Self::add_owner(&mut tx, job).await?;
         if stored == 0 {
             sqlx::query("UPDATE jobs SET finished_at = ?2 WHERE id = ?1")
                 .bind(&job.id)
@@ -380,17 +357,7 @@ impl Store for SqliteStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write().await?;
-        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM)
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms))
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(pool)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        claimed_in_order(rows)
+        self.fair_claim(worker, pool, max, lease_ms, now).await
     }
 
     async fn claim_for_models(
@@ -405,19 +372,8 @@ impl Store for SqliteStore {
         if max == 0 || models.is_empty() {
             return Ok(Vec::new());
         }
-        let models = serde_json::to_string(models).expect("a list of strings serializes");
-        let mut tx = self.begin_write().await?;
-        let rows: Vec<TaskRow> = sqlx::query_as(CLAIM_FOR_MODELS)
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms))
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(pool)
-            .bind(models)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        claimed_in_order(rows)
+        self.fair_claim_for_models(worker, pool, models, max, lease_ms, now)
+            .await
     }
 
     async fn heartbeat(
@@ -574,6 +530,14 @@ impl Store for SqliteStore {
         tx.commit().await?;
         // Also the JobNotFound check when nothing was updated.
         self.get_job(id).await
+    }
+
+    async fn set_paused(&self, id: &str, paused: bool, _now: Millis) -> Result<JobRecord> {
+        self.pause(id, paused).await
+    }
+
+    async fn retry_job(&self, id: &str, now: Millis) -> Result<(u64, JobRecord)> {
+        self.retry(id, now).await
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCount>> {
