@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use sdfarm_worker::engine::composable::composable_parts;
 use sdfarm_worker::engine::conditioning::tokenize_line;
 use sdfarm_worker::engine::prompt_parser::{parse_prompt_attention, prompt_schedule};
 use sdfarm_worker::engine::tokenizer::PromptTokenizer;
@@ -19,7 +20,8 @@ pub struct PromptArgs {
     /// Hires-fix second-pass steps: lay the schedule out as A1111 does for that pass.
     #[arg(long)]
     pub hires_steps: Option<usize>,
-    /// Print one JSON object: "attention", "schedule" and "chunks".
+    /// Print one JSON object: "attention", "schedule", "chunks" and "composable" (the `AND`
+    /// parts with their weights and schedules).
     #[arg(long, env = "SDFARM_JSON")]
     pub json: bool,
 }
@@ -30,6 +32,14 @@ pub fn prompt(args: PromptArgs) -> anyhow::Result<ExitCode> {
     }
     let attention = parse_prompt_attention(&args.text);
     let schedule = prompt_schedule(&args.text, args.steps, args.hires_steps, false);
+    // A1111 conditions each `AND` part (with its `:weight`) on its own.
+    let parts: Vec<(String, f64, Vec<(usize, String)>)> = composable_parts(&args.text)
+        .into_iter()
+        .map(|(text, weight)| {
+            let schedule = prompt_schedule(&text, args.steps, args.hires_steps, false);
+            (text, weight, schedule)
+        })
+        .collect();
     let tokenizer = PromptTokenizer::builtin().context("loading the CLIP tokenizer")?;
     // Token counts per chunk for each distinct prompt of the schedule.
     let mut chunked = Vec::new();
@@ -55,6 +65,10 @@ pub fn prompt(args: PromptArgs) -> anyhow::Result<ExitCode> {
             "chunks": chunked.iter().map(|(until, text, total, per)| json!({
                 "until_step": until, "prompt": text, "tokens": total, "per_chunk": per,
             })).collect::<Vec<_>>(),
+            "composable": parts.iter().map(|(text, weight, schedule)| json!({
+                "text": text, "weight": weight,
+                "schedule": schedule.iter().map(|(s, t)| json!([s, t])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         });
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
@@ -75,6 +89,17 @@ pub fn prompt(args: PromptArgs) -> anyhow::Result<ExitCode> {
             "  until step {until:>4}: {text:?} — {total} tokens, chunks [{}]",
             per.join(", ")
         );
+    }
+    if parts.len() > 1 || parts.iter().any(|(_, w, _)| *w != 1.0) {
+        println!("Composable parts (AND), guided as uncond + sum(weight * cfg * (part - uncond)):");
+        for (text, weight, schedule) in &parts {
+            println!("  weight {weight:<8.4} {text:?}");
+            if schedule.len() > 1 {
+                for (until, t) in schedule {
+                    println!("    until step {until:>4}: {t:?}");
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

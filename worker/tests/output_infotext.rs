@@ -39,6 +39,8 @@ fn submitted() -> RenderParams {
         batch_index: 0,
         clip_skip: 2,
         eta: 0.75,
+        seed_resize_from_w: 48,
+        seed_resize_from_h: 32,
         ..Default::default()
     }
 }

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use image::RgbImage;
 use sdfarm_proto::RenderParams;
 
+use super::composable;
 use super::conditioning::EmbeddingLookup;
 use super::hires::{self, HiresPlan};
 use super::noise::{self, NoiseSource};
@@ -14,6 +15,7 @@ use super::resample::{self, Upscaler};
 use super::sampler::{Sampler, SamplerOptions};
 use super::scheduler::{ScheduleOverrides, ScheduleType};
 use super::torch_rng::TorchGenerator;
+use super::unipc::UniPcOptions;
 use super::EngineError;
 
 /// A sampler name and schedule type resolved as A1111 does: a legacy name
@@ -52,6 +54,7 @@ fn settings(
             sigma_max: params.sigma_max,
             rho: params.rho,
         },
+        unipc: UniPcOptions::with_order(params.uni_pc_order),
         ..SampleSettings::new(sampler, steps, params.cfg_scale)
     }
 }
@@ -180,6 +183,9 @@ fn model_calls(sampler: Sampler, steps: usize) -> usize {
 ///
 /// The negative prompt is encoded first, as A1111 does; the first pass's calls report the
 /// textual-inversion embeddings they used (A1111 writes "TI hashes" before the hires pass).
+///
+/// The positive prompt is composable: each `AND` part (with its weight) is scheduled and
+/// encoded on its own, as A1111's `get_multicond_learned_conditioning` does.
 fn conds(
     pipeline: &Pipeline,
     prompt: &str,
@@ -188,7 +194,7 @@ fn conds(
     hires: Option<usize>,
     clip_skip: usize,
     embeddings: &dyn EmbeddingLookup,
-) -> Result<(ScheduledCond, ScheduledCond), EngineError> {
+) -> Result<(Vec<(ScheduledCond, f64)>, ScheduledCond), EngineError> {
     let encode = |text: &str| -> Result<ScheduledCond, EngineError> {
         let (ends, texts): (Vec<usize>, Vec<String>) = prompt_schedule(text, calls, hires, false)
             .into_iter()
@@ -200,23 +206,45 @@ fn conds(
         Ok(ends.into_iter().zip(encoded).collect())
     };
     let uncond = encode(negative)?;
-    Ok((encode(prompt)?, uncond))
+    let parts = composable::composable_parts(prompt)
+        .into_iter()
+        .map(|(text, weight)| Ok((encode(&text)?, weight)))
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    Ok((parts, uncond))
+}
+
+/// The parts of a composable conditioning as [`Pipeline::sample_composable`] takes them.
+fn weighted(parts: &[(ScheduledCond, f64)]) -> Vec<(&ScheduledCond, f64)> {
+    parts.iter().map(|(c, w)| (c, *w)).collect()
 }
 
 /// The image's initial noise for a latent shape, and the source that continues it for
 /// ancestral steps (A1111 creates a fresh `ImageRNG` for the hires pass).
+///
+/// "Seed resize from" applies to both passes, as A1111 passes it to both `ImageRNG`s; its
+/// pixel size becomes latent pixels by the model's downscale factor `opt_f` (A1111 divides
+/// by 8, which is every real SD model's factor).
 fn noise_for(
     params: &RenderParams,
     shape: [usize; 4],
+    opt_f: usize,
 ) -> Result<(Tensor, NoiseSource), EngineError> {
     let mut source = NoiseSource::new(&params.rng, params.seed)?;
     let per_image = [shape[1], shape[2], shape[3]];
-    let init = noise::initial_noise(
+    let resize_from = (params.seed_resize_from_w > 0 && params.seed_resize_from_h > 0).then(|| {
+        [
+            params.seed_resize_from_h as usize / opt_f,
+            params.seed_resize_from_w as usize / opt_f,
+        ]
+    });
+    let init = noise::initial_noise_resized(
         &mut source,
         &params.rng,
+        params.seed,
         params.subseed,
         params.subseed_strength,
         per_image,
+        resize_from,
     )?;
     Ok((
         Tensor::from_vec(init, shape.to_vec(), &candle_core::Device::Cpu)?,
@@ -266,7 +294,7 @@ pub(super) fn render_pixels(
         )
     };
 
-    let (noise, mut source) = noise_for(params, shape)?;
+    let (noise, mut source) = noise_for(params, shape, pipeline.latent_downscale())?;
     let noise = noise.to_device(&device)?;
     let numel: usize = shape.iter().product();
     let first_calls = model_calls(first.0, steps);
@@ -292,11 +320,12 @@ pub(super) fn render_pixels(
             report(t.step, t.total, 0)
         };
         match init_image {
-            None => pipeline.sample_scheduled(
+            None => pipeline.sample_composable(
                 &settings(params, first.0, first.1, steps),
-                &cond,
+                &weighted(&cond),
                 &uncond,
                 &noise,
+                None,
                 &mut fresh,
                 &mut observe,
             )?,
@@ -306,13 +335,12 @@ pub(super) fn render_pixels(
                 let resized = resample::upscale_pixels(image, params.width, params.height, false);
                 let init = encode(pipeline, &resized, params.seed)?;
                 let (schedule_len, t_enc) = hires::img2img_steps(steps, strength, false);
-                pipeline.sample_img2img(
+                pipeline.sample_composable(
                     &settings(params, first.0, first.1, schedule_len),
-                    &cond,
+                    &weighted(&cond),
                     &uncond,
-                    &init,
                     &noise,
-                    t_enc,
+                    Some((&init, t_enc)),
                     &mut fresh,
                     &mut observe,
                 )?
@@ -340,7 +368,7 @@ pub(super) fn render_pixels(
         let cropped = upscaled.narrow(2, r0, r1 - r0)?.narrow(3, c0, c1 - c0)?;
         let (w, h) = plan.final_pixels;
         let hr_shape = pipeline.latent_shape(w, h)?;
-        let (hr_noise, mut hr_source) = noise_for(params, hr_shape)?;
+        let (hr_noise, mut hr_source) = noise_for(params, hr_shape, pipeline.latent_downscale())?;
         let hr_noise = hr_noise.to_device(&device)?;
         let hr_numel: usize = hr_shape.iter().product();
         let prompt = if params.hr_prompt.is_empty() {
@@ -371,13 +399,12 @@ pub(super) fn render_pixels(
                 &device,
             )?)
         };
-        latents = pipeline.sample_img2img(
+        latents = pipeline.sample_composable(
             &settings(params, hr.sampler, hr.schedule, schedule_len),
-            &hr_cond,
+            &weighted(&hr_cond),
             &hr_uncond,
-            &cropped.contiguous()?,
             &hr_noise,
-            t_enc,
+            Some((&cropped.contiguous()?, t_enc)),
             &mut fresh,
             &mut |t| report(t.step, 0, offset),
         )?;

@@ -10,6 +10,7 @@
 
 mod chain;
 pub mod clip;
+pub mod composable;
 pub mod conditioning;
 pub mod config;
 pub mod device;
@@ -31,6 +32,7 @@ pub mod text_encoder;
 pub mod tokenizer;
 pub mod torch_rng;
 pub mod unet;
+pub mod unipc;
 pub mod vae_encoder;
 
 use std::collections::HashMap;

@@ -117,3 +117,75 @@ pub fn initial_noise(
     let main = source.randn(numel);
     Ok(slerp(subseed_strength, &main, &sub, shape))
 }
+
+/// Where "Seed resize from" pastes the noise made at the source size into the image's noise,
+/// per axis: `(target_start, source_start, length)`, as A1111's `ImageRNG.first` computes it
+/// (`d = (target - source) // 2`, floor division; a larger source is cropped centred, and an
+/// odd difference then leaves the last target row or column with the image's own noise).
+pub fn paste_span(target: usize, source: usize) -> (usize, usize, usize) {
+    let d = (target as i64 - source as i64).div_euclid(2);
+    let len = if d >= 0 {
+        source as i64
+    } else {
+        source as i64 + 2 * d
+    };
+    let to = d.max(0);
+    let from = (-d).max(0);
+    (to as usize, from as usize, len.max(0) as usize)
+}
+
+/// The initial noise of one image `[C, H, W]` with A1111's "Seed resize from"
+/// (`ImageRNG.first` with `seed_resize_from_h/w`): when `source_hw` (the source size in
+/// latent pixels) differs from `[H, W]`, the seed's noise (blended with the variation seed's,
+/// both made at the source size by fresh generators) is pasted centred into the image
+/// generator's first draw at the full size, and that generator continues for ancestral
+/// noise. Otherwise this is [`initial_noise`].
+#[allow(clippy::too_many_arguments)]
+pub fn initial_noise_resized(
+    source: &mut NoiseSource,
+    rng: &str,
+    seed: i64,
+    subseed: i64,
+    subseed_strength: f32,
+    shape: [usize; 3],
+    source_hw: Option<[usize; 2]>,
+) -> Result<Vec<f32>, EngineError> {
+    let [c, h, w] = shape;
+    let Some([sh, sw]) = source_hw.filter(|&hw| hw != [h, w]) else {
+        return initial_noise(source, rng, subseed, subseed_strength, shape);
+    };
+    if sh == 0 || sw == 0 {
+        return Err(EngineError::param(
+            "seed_resize_from_w",
+            format!("{sw}x{sh} latent pixels"),
+            "a size of at least one latent pixel each way (or 0 for off)",
+        ));
+    }
+    if !subseed_strength.is_finite() || !(0.0..=1.0).contains(&subseed_strength) {
+        return Err(EngineError::param(
+            "subseed_strength",
+            subseed_strength,
+            "a number from 0 to 1",
+        ));
+    }
+    let small_shape = [c, sh, sw];
+    let small_numel = c * sh * sw;
+    let sub = (subseed_strength != 0.0)
+        .then(|| NoiseSource::new(rng, subseed).map(|mut g| g.randn(small_numel)))
+        .transpose()?;
+    let mut small = NoiseSource::new(rng, seed)?.randn(small_numel);
+    if let Some(sub) = sub {
+        small = slerp(subseed_strength, &small, &sub, small_shape);
+    }
+    let mut x = source.randn(c * h * w);
+    let (ty, sy, rows) = paste_span(h, sh);
+    let (tx, sx, cols) = paste_span(w, sw);
+    for ci in 0..c {
+        for r in 0..rows {
+            let to = (ci * h + ty + r) * w + tx;
+            let from = (ci * sh + sy + r) * sw + sx;
+            x[to..to + cols].copy_from_slice(&small[from..from + cols]);
+        }
+    }
+    Ok(x)
+}

@@ -20,10 +20,12 @@ use super::text_encoder::TextEncoder;
 use super::tokenizer::PromptTokenizer;
 use super::tokenizer::END_OF_TEXT;
 use super::unet::UNet;
+use super::unipc::UniPcOptions;
 use super::vae_encoder::VaeEncoder;
 use super::EngineError;
 
 mod sampling;
+mod unipc;
 
 /// A loaded SD 1.x model: tokenizer, text encoder, UNet, VAE and training schedule.
 pub struct Pipeline {
@@ -66,6 +68,8 @@ pub struct SampleSettings {
     pub overrides: ScheduleOverrides,
     /// Which DDIM loop [`Sampler::Ddim`] runs: A1111's by default, diffusers' for parity.
     pub ddim: DdimVariant,
+    /// UniPC's order and variant when [`Sampler::UniPc`] runs (A1111's defaults otherwise).
+    pub unipc: UniPcOptions,
 }
 
 impl SampleSettings {
@@ -79,6 +83,7 @@ impl SampleSettings {
             options: SamplerOptions::defaults_for(sampler),
             overrides: ScheduleOverrides::default(),
             ddim: DdimVariant::A1111,
+            unipc: UniPcOptions::default(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! entry point [`run_sampler`] that runs a named sampler over a sigma list.
 //!
 //! The sigma-based samplers are k-diffusion's algorithms ([`super::kdiffusion`]); DDIM is a
-//! timestep sampler over an epsilon predictor ([`sample_ddim`]). All of them see the model
+//! timestep sampler over an epsilon predictor ([`sample_ddim`]), and so is UniPC
+//! ([`super::unipc`]). All of them see the model
 //! only through closures, so they are testable with analytic models and no UNet.
 
 use candle_core::Tensor;
@@ -31,6 +32,9 @@ pub enum Sampler {
     /// `range(0, 1000, 1000 // n) + 1`, one model evaluation fewer than there are timesteps,
     /// ending at `alphas_cumprod[1]`.
     Ddim,
+    /// A1111 1.10's UniPC (`sd_samplers_timesteps_impl.unipc`): the multistep UniPC solver in
+    /// the VP time formulation; run with [`super::unipc::sample_unipc`].
+    UniPc,
 }
 
 /// One row of A1111's sampler table (`sd_samplers_kdiffusion.samplers_k_diffusion` and
@@ -139,7 +143,7 @@ pub const SAMPLERS: &[SamplerInfo] = &[
     row("DDIM", &["ddim"], None, false, Some(Sampler::Ddim)),
     row("DDIM CFG++", &["ddim_cfgpp"], None, false, None),
     row("PLMS", &["plms"], None, false, None),
-    row("UniPC", &["unipc"], None, false, None),
+    row("UniPC", &["unipc"], None, false, Some(Sampler::UniPc)),
     row("LCM", &["k_lcm"], None, false, None),
 ];
 
@@ -158,6 +162,7 @@ pub const SAMPLER_NAMES: &[&str] = &[
     "DPM2",
     "DPM2 a",
     "DDIM",
+    "UniPC",
 ];
 
 /// A1111's `sd_samplers.get_sampler_and_scheduler`, exactly: strips a trailing schedule-type
@@ -251,7 +256,7 @@ impl Sampler {
         self.info().name
     }
 
-    /// The k-diffusion algorithm behind a sigma-based sampler; `None` for DDIM.
+    /// The k-diffusion algorithm behind a sigma-based sampler; `None` for DDIM and UniPC.
     pub fn algorithm(self) -> Option<Algorithm> {
         Some(match self {
             Sampler::Dpmpp2m => Algorithm::Dpmpp2m,
@@ -265,7 +270,7 @@ impl Sampler {
             Sampler::Heun => Algorithm::Heun,
             Sampler::Dpm2 => Algorithm::Dpm2,
             Sampler::Dpm2Ancestral => Algorithm::Dpm2Ancestral,
-            Sampler::Ddim => return None,
+            Sampler::Ddim | Sampler::UniPc => return None,
         })
     }
 
@@ -382,7 +387,8 @@ pub type StepFn<'a> = dyn FnMut(StepInfo<'_>) -> Result<bool, EngineError> + 'a;
 /// `x`, already at noise level `sigmas[0]`, down the given sigmas, with a caller-supplied
 /// denoiser `D(x, sigma)` and noise source. `options` defaults to
 /// [`SamplerOptions::defaults_for`]. DDIM is a timestep sampler and is refused here; run it
-/// with [`sample_ddim`].
+/// with [`sample_ddim`]; and UniPC, which works in VP time, with
+/// [`super::unipc::sample_unipc`].
 pub fn run_sampler(
     name: &str,
     denoise: &mut DenoiseFn<'_>,
@@ -397,7 +403,8 @@ pub fn run_sampler(
         EngineError::param(
             "sampler_name",
             format!("{name:?}"),
-            "a sigma-based sampler (DDIM runs over timesteps: use sample_ddim)",
+            "a sigma-based sampler (DDIM and UniPC run over timesteps: use sample_ddim or \
+             unipc::sample_unipc)",
         )
     })?;
     let options = options.unwrap_or_else(|| SamplerOptions::defaults_for(sampler));

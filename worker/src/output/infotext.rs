@@ -118,7 +118,7 @@ pub fn infotext_with_networks(
         .map(|(field, _)| (field, py_float(p.eta)));
     let version = format!("sdfarm {}", env!("CARGO_PKG_VERSION"));
 
-    let fields: [(&str, Option<String>); 16] = [
+    let fields: [(&str, Option<String>); 17] = [
         ("Steps", Some(p.steps.to_string())),
         ("Sampler", Some(p.sampler_name.clone())),
         ("Schedule type", Some(schedule.to_string())),
@@ -142,6 +142,11 @@ pub fn infotext_with_networks(
         (
             "Variation seed strength",
             varied.then(|| py_float(p.subseed_strength)),
+        ),
+        (
+            "Seed resize from",
+            (p.seed_resize_from_w > 0 && p.seed_resize_from_h > 0)
+                .then(|| format!("{}x{}", p.seed_resize_from_w, p.seed_resize_from_h)),
         ),
         ("Denoising strength", hires_info::denoising_strength(p)),
         (
@@ -299,17 +304,18 @@ mod tests {
         let ours = infotext(&p, "v1-5-pruned-emaonly", "6ce0161689");
         assert_eq!(ours, a1111.replace("Version: v1.10.1", &version()));
 
-        // Upstream's case also has "Seed resize from", which sdfarm does not offer.
         let mut p = params();
         p.sampler_name = "DPM++ SDE".into();
         p.seed = 42;
         p.subseed = 4242;
         p.subseed_strength = 0.35;
+        p.seed_resize_from_w = 640;
+        p.seed_resize_from_h = 448;
         p.rng = "GPU".into();
         let a1111 = "a photo of a cat\nSteps: 20, Sampler: DPM++ SDE, Schedule type: Karras, \
             CFG scale: 7.0, Seed: 42, Size: 512x512, Model hash: 6ce0161689, \
             Model: v1-5-pruned-emaonly, Variation seed: 4242, Variation seed strength: 0.35, \
-            Version: v1.10.1";
+            Seed resize from: 640x448, Version: v1.10.1";
         let ours = infotext(&p, "v1-5-pruned-emaonly", "6ce0161689");
         assert_eq!(ours, a1111.replace("Version: v1.10.1", &version()));
     }

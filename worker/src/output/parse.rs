@@ -160,6 +160,8 @@ impl ParsedInfotext {
             hr_scheduler: same("Hires schedule type", "Use same scheduler"),
             hr_prompt: text("Hires prompt", ""),
             hr_negative_prompt: text("Hires negative prompt", ""),
+            seed_resize_from_w: uint("Seed resize from-1"),
+            seed_resize_from_h: uint("Seed resize from-2"),
             ..Default::default()
         }
     }

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 
 use candle_core::{IndexOp, Tensor};
 
+use super::super::composable;
 use super::super::conditioning;
 use super::super::kdiffusion;
 use super::super::sampler::{self, DdimVariant, NoiseFn, StepInfo};
@@ -23,7 +24,41 @@ impl Pipeline {
         fresh_noise: &mut NoiseFn<'_>,
         observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
     ) -> Result<Tensor, EngineError> {
-        self.sample_from(settings, cond, uncond, noise, None, fresh_noise, observe)
+        self.sample_from(
+            settings,
+            &[(cond, 1.0)],
+            uncond,
+            noise,
+            None,
+            fresh_noise,
+            observe,
+        )
+    }
+
+    /// [`Pipeline::sample_scheduled`] (or, with `partial = (init, t_enc)`,
+    /// [`Pipeline::sample_img2img`]) for a composable prompt: each `AND` part's schedule with
+    /// its weight, guided as A1111's `combine_denoised` does (see [`composable`]).
+    /// [`StepTrace::unet_out`] is then `[uncond, cond_1, …, cond_n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_composable(
+        &self,
+        settings: &SampleSettings,
+        conds: &[(&ScheduledCond, f64)],
+        uncond: &ScheduledCond,
+        noise: &Tensor,
+        partial: Option<(&Tensor, usize)>,
+        fresh_noise: &mut NoiseFn<'_>,
+        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
+    ) -> Result<Tensor, EngineError> {
+        self.sample_from(
+            settings,
+            conds,
+            uncond,
+            noise,
+            partial,
+            fresh_noise,
+            observe,
+        )
     }
 
     /// A partial denoise of `init` latents as A1111's `sample_img2img`: `settings.steps` is
@@ -44,7 +79,7 @@ impl Pipeline {
     ) -> Result<Tensor, EngineError> {
         self.sample_from(
             settings,
-            cond,
+            &[(cond, 1.0)],
             uncond,
             noise,
             Some((init, t_enc)),
@@ -57,7 +92,7 @@ impl Pipeline {
     fn sample_from(
         &self,
         settings: &SampleSettings,
-        cond: &ScheduledCond,
+        conds: &[(&ScheduledCond, f64)],
         uncond: &ScheduledCond,
         noise: &Tensor,
         partial: Option<(&Tensor, usize)>,
@@ -71,7 +106,7 @@ impl Pipeline {
                 format!("1 to {}", self.schedule.len()),
             ));
         }
-        if cond.is_empty() || uncond.is_empty() {
+        if conds.is_empty() || conds.iter().any(|(c, _)| c.is_empty()) || uncond.is_empty() {
             return Err(EngineError::param(
                 "prompt",
                 "(no embeddings)",
@@ -81,7 +116,10 @@ impl Pipeline {
         let cfg = settings.cfg_scale;
         let last_unet_out: RefCell<Option<Tensor>> = RefCell::new(None);
         let calls = std::cell::Cell::new(0usize);
-        let cond_ends: Vec<usize> = cond.iter().map(|(end, _)| *end).collect();
+        let cond_ends: Vec<Vec<usize>> = conds
+            .iter()
+            .map(|(c, _)| c.iter().map(|(end, _)| *end).collect())
+            .collect();
         let uncond_ends: Vec<usize> = uncond.iter().map(|(end, _)| *end).collect();
 
         // Guided model output for a model input already scaled for the UNet. A1111 counts
@@ -89,22 +127,42 @@ impl Pipeline {
         let guided_eps = |model_input: &Tensor, timestep: f64| -> Result<Tensor, EngineError> {
             let call = calls.get();
             calls.set(call + 1);
-            let c = &cond[conditioning::entry_for_call(&cond_ends, call)].1;
+            let scheduled: Vec<Tensor> = conds
+                .iter()
+                .zip(&cond_ends)
+                .map(|((c, _), ends)| c[conditioning::entry_for_call(ends, call)].1.clone())
+                .collect();
+            // AND parts of different chunk counts are padded to the longest, as A1111's
+            // reconstruct_multicond_batch does.
+            let c = if scheduled.len() == 1 {
+                scheduled
+            } else {
+                composable::pad_to_longest(&scheduled)?
+            };
             let u = &uncond[conditioning::entry_for_call(&uncond_ends, call)].1;
-            // Batch order [uncond, cond], as diffusers stacks them; prompts of different
+            // Batch order [uncond, cond…], as diffusers stacks them; prompts of different
             // chunk counts run as two batches, as A1111 does without padding.
-            let out = if c.dim(1)? == u.dim(1)? {
-                let context = Tensor::cat(&[u, c], 0)?;
-                let batch = Tensor::cat(&[model_input, model_input], 0)?;
+            let parts = c.len();
+            let out = if c[0].dim(1)? == u.dim(1)? {
+                let mut context = vec![u.clone()];
+                context.extend(c.iter().cloned());
+                let context = Tensor::cat(&context, 0)?;
+                let batch = Tensor::cat(&vec![model_input; parts + 1], 0)?;
                 self.unet.forward(&batch, timestep, &context)?
             } else {
                 let out_u = self.unet.forward(model_input, timestep, u)?;
-                let out_c = self.unet.forward(model_input, timestep, c)?;
+                let context = Tensor::cat(&c, 0)?;
+                let batch = Tensor::cat(&vec![model_input; parts], 0)?;
+                let out_c = self.unet.forward(&batch, timestep, &context)?;
                 Tensor::cat(&[out_u, out_c], 0)?
             };
             let out_uncond = out.i(0..1)?;
-            let out_cond = out.i(1..2)?;
-            let guided = (&out_uncond + ((&out_cond - &out_uncond)?.affine(cfg as f64, 0.0))?)?;
+            let outs: Vec<Tensor> = (1..=parts)
+                .map(|i| out.i(i..i + 1))
+                .collect::<Result<_, _>>()?;
+            let weighted: Vec<(&Tensor, f64)> =
+                outs.iter().zip(conds.iter().map(|(_, w)| *w)).collect();
+            let guided = composable::combine(&out_uncond, &weighted, cfg)?;
             *last_unet_out.borrow_mut() = Some(out);
             Ok(guided)
         };
@@ -122,6 +180,9 @@ impl Pipeline {
             }))
         };
 
+        if settings.sampler == sampler::Sampler::UniPc {
+            return self.run_unipc(settings, noise, partial, &guided_eps, &mut on_step);
+        }
         match settings.sampler.algorithm() {
             Some(algorithm) => {
                 let mut sigmas = settings.sigmas(&self.schedule)?;
