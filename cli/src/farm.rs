@@ -181,6 +181,11 @@ pub struct WorkerArgs {
     /// happens before the pod is killed.
     #[arg(long, env = "SDFARM_DRAIN_SECONDS", default_value_t = 25.0)]
     pub drain_seconds: f64,
+    /// Most compatible tasks (same parameters but the seeds) rendered in one pass; also how
+    /// many tasks are kept leased ahead of the one rendering.
+    #[arg(long, env = "SDFARM_BATCH_SIZE", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub batch_size: u32,
 }
 
 /// `key=value` labels into a map; a malformed one is an error naming it.
@@ -232,6 +237,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         store_url: args.store,
         pool: args.pool,
         labels,
+        batch_size: args.batch_size,
     };
     sdfarm_worker::run(config, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

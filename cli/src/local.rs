@@ -76,6 +76,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             token: None,
             tls_ca: None,
             drain_timeout: Duration::from_secs(30),
+            batch_size: 1,
         },
         async {
             let _ = worker_stopped.await;

@@ -5,6 +5,7 @@ pub mod client;
 pub mod engine;
 pub mod models;
 pub mod output;
+pub mod render;
 pub mod storage;
 
-pub use client::{run, WorkerConfig, WorkerError};
+pub use client::{run, run_with_renderer, WorkerConfig, WorkerError};
