@@ -58,6 +58,8 @@ impl CopyRows {
     pub(super) fn push(&mut self, task: &NewTask) -> Option<Vec<u8>> {
         let params = escape(&compact_params_json(&task.params));
         let key = escape(&task.output_key);
+        // Postgres keeps the model in its own column for the affinity indexes.
+        let model = escape(&task.params.model);
         let b = &mut self.buf;
         for (i, field) in [
             self.job_id.as_str(),
@@ -69,6 +71,7 @@ impl CopyRows {
             &self.scheduled_at,
             &self.pool,
             &self.owner,
+            &model,
         ]
         .iter()
         .enumerate()

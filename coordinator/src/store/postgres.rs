@@ -71,14 +71,15 @@ const INSERT_JOB: &str = "INSERT INTO jobs \
 /// One statement for the whole sweep: large jobs insert in a single round trip.
 const INSERT_TASKS: &str = "INSERT INTO tasks \
      (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
-      owner) \
-     SELECT $1, t.image_index, $2, t.params::jsonb, $3, t.output_key, $4, $8, $9 \
+      owner, model) \
+     SELECT $1, t.image_index, $2, t.params, $3, t.output_key, $4, $8, $9, \
+            t.params::jsonb->>'model' \
      FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS t(image_index, params, output_key)";
 
 /// Streaming submit: COPY is the fastest way into Postgres and takes rows as they are made.
 const COPY_TASKS: &str = "COPY tasks \
      (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
-      owner) \
+      owner, model) \
      FROM STDIN";
 
 const LIST_TASKS: &str = concat!(
@@ -140,7 +141,7 @@ const CANCEL_TASKS: &str = "WITH doomed AS ( \
 
 /// Unfinished rows only (`tasks_unfinished_idx`): finished history never slows a scrape.
 /// Waiting tasks of paused jobs are left out: no worker should start for them.
-const QUEUE_COUNTS: &str = "SELECT pool, params->>'model' AS model, state, count(*) AS n \
+const QUEUE_COUNTS: &str = "SELECT pool, model, state, count(*) AS n \
      FROM tasks WHERE finalized_at IS NULL AND (state = 'running' OR NOT paused) \
      GROUP BY pool, model, state ORDER BY pool, model, state";
 

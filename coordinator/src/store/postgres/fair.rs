@@ -134,7 +134,7 @@ const FAIR_CLAIM_FOR_MODELS: &str = concat!(
          WHERE o.pool = $5 AND EXISTS ( \
              SELECT 1 FROM tasks t \
              WHERE t.pool = o.pool AND t.owner = o.owner \
-               AND t.params->>'model' = ANY($6) \
+               AND t.model = ANY($6) \
                AND t.priority = top.top_priority \
                AND t.state IN ('available', 'retryable') AND NOT t.paused \
                AND t.scheduled_at <= $1) \
@@ -143,7 +143,7 @@ const FAIR_CLAIM_FOR_MODELS: &str = concat!(
          SELECT t.id AS claim_id FROM tasks t, top \
          WHERE t.pool = $5 \
            AND t.owner = (SELECT owner FROM chosen) \
-           AND t.params->>'model' = ANY($6) \
+           AND t.model = ANY($6) \
            AND t.priority = top.top_priority \
            AND t.state IN ('available', 'retryable') AND NOT t.paused \
            AND t.scheduled_at <= $1 \
