@@ -65,6 +65,10 @@ const FINISH_JOB_IF_DONE: &str = "UPDATE jobs SET finished_at = $2 \
      WHERE id = $1 AND finished_at IS NULL \
        AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND finalized_at IS NULL)";
 
+/// The sweep's model; the simulated workers report it loaded, as a worker does once it has
+/// rendered one image, so the leases take the scheduler's affinity path (steady state).
+const MODEL: &str = "builtin:tiny-sd";
+
 fn sweep(tasks: u32) -> String {
     // A plain batch (no X/Y/Z axes) so the finished job composes no grid.
     format!(
@@ -132,6 +136,7 @@ async fn grpc_run(
                         worker_id: worker_id.clone(),
                         max_tasks,
                         wait_ms: 0,
+                        loaded_models: vec![MODEL.into()],
                         ..Default::default()
                     })
                     .await?
@@ -217,6 +222,7 @@ async fn lease_ahead_run(
                             worker_id: lease_id.clone(),
                             max_tasks: ahead,
                             wait_ms: 0,
+                            loaded_models: vec![MODEL.into()],
                             ..Default::default()
                         })
                         .await?
