@@ -13,6 +13,7 @@ pub mod expand;
 pub mod grid;
 pub mod grpc;
 pub mod http;
+pub mod manifest;
 pub mod job_control;
 pub mod metrics;
 pub mod relay;
@@ -53,6 +54,7 @@ pub async fn run(
     }
     let rescuer = tokio::spawn(coordinator.clone().rescue_loop());
     let grids = tokio::spawn(coordinator.clone().grid_loop());
+    let manifests = tokio::spawn(coordinator.clone().manifest_loop());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|listener| {
         let mut stop = stop_rx.clone();
@@ -82,6 +84,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     rescuer.abort();
     grids.abort();
+    manifests.abort();
     if let Some(task) = http_task {
         let _ = task.await;
     }

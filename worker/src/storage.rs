@@ -76,6 +76,12 @@ impl OutputStore {
         &self.url
     }
 
+    /// The store itself, keys relative to the URL's prefix: for streaming reads and
+    /// multipart writes of objects too large to hold in memory.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// Writes `bytes` at `key`, replacing what was there: a re-run task rewrites the same key.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.store

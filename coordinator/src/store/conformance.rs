@@ -23,6 +23,7 @@ mod groups;
 mod jobs;
 mod leases;
 mod pools;
+mod provenance;
 mod release;
 mod streaming;
 
@@ -33,6 +34,7 @@ use groups::*;
 use jobs::*;
 use leases::*;
 use pools::*;
+use provenance::*;
 use release::*;
 use streaming::*;
 
@@ -90,6 +92,7 @@ conformance!(
     paused_job_is_not_leased_until_resumed,
     retry_returns_failed_tasks_with_their_history,
     retried_tasks_of_a_paused_job_stay_held,
+    completed_tasks_record_worker_attempt_and_times,
 );
 
 async fn on_sqlite<F, Fut>(check: F)

@@ -11,10 +11,12 @@ use sdfarm_proto::RenderParams;
 mod conformance;
 mod copy;
 mod postgres;
+mod provenance;
 mod rows;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use provenance::CompletedTask;
 pub use sqlite::SqliteStore;
 
 /// Opens the store named by `url` and brings its schema up to date: `postgres://…` (or
@@ -423,6 +425,16 @@ pub trait Store: Send + Sync + 'static {
     /// and an ended job is unfinished again. Returns how many tasks were put back (0 leaves
     /// the job as it was) and the job.
     async fn retry_job(&self, id: &str, now: Millis) -> Result<(u64, JobRecord)>;
+
+    /// The job's completed tasks whose image index is above `after` (from the first when
+    /// `None`), in image order, at most `limit`: the job's manifest is read with it, one
+    /// page at a time.
+    async fn completed_tasks(
+        &self,
+        job_id: &str,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<CompletedTask>>;
 
     /// Counts of unfinished tasks (available, running, retryable) grouped by pool, model and
     /// state, ordered by those three. Read on every metrics scrape and scaling poll, so it

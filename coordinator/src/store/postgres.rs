@@ -23,6 +23,7 @@ use super::{
 };
 
 mod group;
+mod provenance;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -102,7 +103,7 @@ const LOCK_JOB: &str = "SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
 
 const COMPLETE: &str = "UPDATE tasks \
      SET state = 'completed', sha256 = $3, infotext = $4, render_ms = $5, finalized_at = $6, \
-         lease_owner = NULL, lease_expires_at = NULL \
+         completed_by = lease_owner, lease_owner = NULL, lease_expires_at = NULL \
      WHERE id = $1 AND lease_owner = $2 AND state = 'running'";
 
 const LEASED_ATTEMPT: &str = "SELECT attempt, max_attempts FROM tasks \
@@ -596,6 +597,15 @@ impl Store for PostgresStore {
 
     async fn retry_job(&self, id: &str, now: Millis) -> Result<(u64, JobRecord)> {
         self.retry(id, now).await
+    }
+
+    async fn completed_tasks(
+        &self,
+        job_id: &str,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<super::CompletedTask>> {
+        self.completed_page(job_id, after, limit).await
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCount>> {

@@ -60,6 +60,7 @@ macro_rules! jobs_with_counts {
 
 // After the column macros, which its queries use.
 mod fair;
+mod provenance;
 
 const GET_JOB: &str = jobs_with_counts!("SELECT * FROM jobs WHERE id = ?1");
 const LIST_JOBS: &str =
@@ -94,7 +95,7 @@ const RELEASE: &str = "UPDATE tasks \
 
 const COMPLETE: &str = "UPDATE tasks \
      SET state = 'completed', sha256 = ?3, infotext = ?4, render_ms = ?5, finalized_at = ?6, \
-         lease_owner = NULL, lease_expires_at = NULL \
+         completed_by = lease_owner, lease_owner = NULL, lease_expires_at = NULL \
      WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' \
      RETURNING job_id";
 
@@ -538,6 +539,15 @@ impl Store for SqliteStore {
 
     async fn retry_job(&self, id: &str, now: Millis) -> Result<(u64, JobRecord)> {
         self.retry(id, now).await
+    }
+
+    async fn completed_tasks(
+        &self,
+        job_id: &str,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<super::CompletedTask>> {
+        self.completed_page(job_id, after, limit).await
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCount>> {
