@@ -17,6 +17,13 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 command -v moto_server >/dev/null || { echo "moto_server not found after install" >&2; exit 1; }
 
+# Hugging Face `datasets` (with pyarrow), which the export tests load the imagefolder export
+# and the Parquet manifest with.
+if ! python3 -c 'import datasets, pyarrow.parquet, PIL' >/dev/null 2>&1; then
+  echo "installing datasets (Hugging Face) and Pillow from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'datasets>=2.14' pillow
+fi
+
 # Postgres for the store and end-to-end tests (SDFARM_TEST_DATABASE_URL overrides).
 export SDFARM_TEST_DATABASE_URL="${SDFARM_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -105,6 +105,7 @@ fn embedded_run_writes_pngs_whose_infotext_reads_back() {
     let mut names: Vec<String> = std::fs::read_dir(&job_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".png"))
         .collect();
     names.sort();
     assert_eq!(

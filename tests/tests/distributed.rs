@@ -102,13 +102,13 @@ impl Farm {
             .unwrap()
     }
 
-    /// Every object under the job's prefix: file name -> bytes.
+    /// Every image under the job's prefix: file name -> bytes.
     async fn images(&self, job: &str) -> BTreeMap<String, Vec<u8>> {
         let store = self.s3.store();
         let prefix = ObjectPath::from(format!("renders/{job}"));
         let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
         let mut out = BTreeMap::new();
-        for meta in metas {
+        for meta in metas.into_iter().filter(|m| m.location.as_ref().ends_with(".png")) {
             let bytes = store
                 .get(&meta.location)
                 .await

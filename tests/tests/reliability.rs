@@ -162,6 +162,7 @@ impl Farm {
         metas
             .into_iter()
             .map(|m| m.location.filename().unwrap().to_string())
+            .filter(|name| name.ends_with(".png"))
             .collect()
     }
 
