@@ -117,6 +117,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Err(err) = coordinator.compose_grids(&finished.id).await {
         eprintln!("grids: {err}");
     }
+    // Likewise the manifest: written from the store once every task is final.
+    if let Err(err) = coordinator.write_manifest(&finished.id).await {
+        eprintln!("manifest: {err}");
+    }
     let _ = stop_worker.send(());
     if let Ok(Err(err)) = worker_task.await {
         eprintln!("worker: {err}");

@@ -1,6 +1,7 @@
 //! `sdfarm`: the one command people use to run sweeps, operate a farm and inspect images.
 
 mod control;
+mod dataset;
 mod farm;
 mod jobs;
 mod local;
@@ -90,6 +91,11 @@ enum Command {
     /// Put a job's failed (discarded) and cancelled images back in the queue with fresh
     /// attempts; the reasons of the earlier attempts are kept.
     Retry(jobs::JobArgs),
+    /// Write a job's manifest (manifest.jsonl and manifest.parquet beside its images) again
+    /// from the coordinator's store, and say where it is (or print it with --print).
+    Manifest(dataset::ManifestArgs),
+    /// Export a job's images as a Hugging Face imagefolder, WebDataset shards or JSON lines.
+    Export(dataset::ExportArgs),
 }
 
 #[tokio::main]
@@ -114,6 +120,8 @@ async fn main() -> ExitCode {
         Command::Pause(args) => control::pause(args).await,
         Command::Resume(args) => control::resume(args).await,
         Command::Retry(args) => control::retry(args).await,
+        Command::Manifest(args) => dataset::manifest(args).await,
+        Command::Export(args) => dataset::export(args).await,
     };
     match result {
         Ok(code) => code,
