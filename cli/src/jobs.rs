@@ -44,6 +44,7 @@ pub struct SubmitArgs {
 pub fn submit_request(path: &PathBuf, name: Option<String>) -> anyhow::Result<pb::SubmitRequest> {
     let sweep = std::fs::read_to_string(path)
         .with_context(|| format!("reading sweep file {}", path.display()))?;
+    let sweep = crate::wildcards::bundle(path, &sweep)?;
     let format = match sdfarm_coordinator::spec::SweepFormat::from_path(path) {
         sdfarm_coordinator::spec::SweepFormat::Json => "json",
         sdfarm_coordinator::spec::SweepFormat::Toml => "toml",
@@ -68,6 +69,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_default();
     let mut client = connect(&args.coordinator).await?;
+    let dataset = crate::wildcards::before_submit(&mut client, &args.sweep, &request.sweep).await?;
     let job = client
         .submit(request)
         .await
@@ -76,6 +78,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .into_inner()
         .job
         .unwrap_or_default();
+    if let Some(d) = dataset {
+        eprintln!("{}", d.report(&job));
+    }
     println!("{}", job.id);
     Ok(ExitCode::SUCCESS)
 }

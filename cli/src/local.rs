@@ -89,6 +89,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tls_ca: None,
     })
     .await?;
+    let dataset = crate::wildcards::before_submit(&mut client, &args.sweep, &request.sweep).await?;
     let job = client
         .submit(request)
         .await
@@ -101,6 +102,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         job.id,
         job.counts.clone().unwrap_or_default().total
     );
+    if let Some(d) = dataset {
+        eprintln!("{}", d.report(&job));
+    }
     let finished = tokio::select! {
         r = progress::follow(&mut client, &job.id, true) => r?,
         _ = crate::shutdown_signal() => {
@@ -158,6 +162,7 @@ pub struct PlanArgs {
 pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.sweep)
         .with_context(|| format!("reading sweep file {}", args.sweep.display()))?;
+    let text = crate::wildcards::bundle(&args.sweep, &text)?;
     let spec = parse_sweep_file(&args.sweep, &text)?.resolved();
     let seed = expand::resolve_seed(spec.base.seed);
     if args.json {

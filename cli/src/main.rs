@@ -7,6 +7,7 @@ mod jobs;
 mod local;
 mod progress;
 mod prompt;
+mod wildcards;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod clock;
 mod completions;
+pub mod dataset;
+pub mod dynamic;
 pub mod error;
 pub mod events;
 pub mod expand;

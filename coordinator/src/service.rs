@@ -25,6 +25,9 @@ use crate::store::{
 pub use crate::workers::WorkerInfo;
 use crate::workers::Workers;
 
+mod dataset;
+pub use dataset::DatasetSubmit;
+
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// Object-store URL handed to workers at registration (`file:///…`, `s3://bucket/prefix`).
@@ -260,12 +263,16 @@ impl Coordinator {
         // Already drawn by `resolved()`, except with "Keep -1 for seeds", where this only
         // seeds the per-cell draws.
         let seed = expand::resolve_seed(spec.base.seed);
-        let id = uuid::Uuid::new_v4().to_string();
         let name = spec
             .name
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| name.to_string());
+        if spec.dataset.is_some() {
+            let done = self.submit_dataset(&spec, seed, sweep, name, owner).await?;
+            return Ok(done.job);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
         let pool = spec
             .pool
             .clone()
@@ -278,6 +285,7 @@ impl Coordinator {
             output_key: expand::output_key(&id, img.image_index, img.params.seed),
             image_index: img.image_index,
             params: img.params,
+            cell_key: None,
         });
         let job = NewJob {
             id: id.clone(),

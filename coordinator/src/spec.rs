@@ -16,6 +16,7 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 pub mod values;
+pub mod wildcards;
 
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -27,6 +28,7 @@ use read::{boolean, float_in, int_in, seed, side, string, wrong_type};
 use source::{Entry, Raw};
 use suggest::{nearest, suggest};
 pub use tables::{Axis, PromptMatrixSpec, PromptType, XyzSpec};
+pub use wildcards::{WildcardMode, WildcardsSpec};
 
 /// Longest side, and the granularity A1111's latent space (1/8 of the image) imposes.
 pub const SIDE_RANGE: RangeInclusive<u32> = 8..=4096;
@@ -55,7 +57,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscaler",
     "hr_second_pass_steps", "denoising_strength", "hr_sampler_name", "hr_scheduler",
     "hr_prompt", "hr_negative_prompt", "init_image",
-    "xyz", "prompt_matrix",
+    "xyz", "prompt_matrix", "wildcards", "dataset",
 ];
 
 /// A1111's hires upscalers sdfarm implements: the latent modes and the Lanczos pixel resize.
@@ -135,6 +137,12 @@ pub struct SweepSpec {
     pub prompt_matrix: Option<PromptMatrixSpec>,
     /// Worker pool to render on; `None` means the coordinator's default pool.
     pub pool: Option<String>,
+    /// `[wildcards]`: dynamic prompts, each wildcard cell expanded as the rest of the sweep
+    /// says (see `expand`).
+    pub wildcards: Option<WildcardsSpec>,
+    /// `dataset = "name"`: a resumable run whose job is found again by name, so submitting
+    /// the same file twice renders only what is missing (see `crate::dataset`).
+    pub dataset: Option<String>,
 }
 
 /// What a pool name may be: it names Kubernetes objects and a URL path segment.
@@ -159,6 +167,16 @@ impl SweepSpec {
     pub fn resolved(&self) -> SweepSpec {
         let mut spec = self.clone();
         let keep = spec.xyz.as_ref().is_some_and(|x| x.keep_random_seeds);
+        // A dataset's random seed is a function of its name, so a re-submitted spec finds
+        // the cells (and wildcard draws) it made before.
+        if let Some(name) = &spec.dataset {
+            if spec.base.seed == -1 {
+                spec.base.seed = crate::dataset::name_seed(name, "seed");
+            }
+            if spec.base.subseed == -1 {
+                spec.base.subseed = crate::dataset::name_seed(name, "subseed");
+            }
+        }
         if !keep {
             spec.base.seed = crate::expand::resolve_seed(spec.base.seed);
             spec.base.subseed = crate::expand::resolve_seed(spec.base.subseed);
@@ -323,6 +341,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         (1u32, 1u32, 0i32, DEFAULT_MAX_ATTEMPTS);
     let (mut name, mut model, mut eta, mut pool) = (None, None, None, None);
     let (mut xyz_entry, mut matrix_entry) = (None, None);
+    let (mut wildcards_entry, mut dataset) = (None, None);
     let mut denoising: Option<f32> = None;
     let find = |key: &str| entries.iter().find(|e| e.key == key);
 
@@ -427,6 +446,20 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
             }
             "xyz" => xyz_entry = Some(e),
             "prompt_matrix" => matrix_entry = Some(e),
+            "wildcards" => wildcards_entry = Some(e),
+            "dataset" => {
+                let name = string(e, "a dataset name")?;
+                if name.trim().is_empty() {
+                    let problem = "is empty";
+                    return Err(SpecError::at(
+                        SpecErrorKind::InvalidValue,
+                        e,
+                        problem,
+                        "a non-empty name",
+                    ));
+                }
+                dataset = Some(name);
+            }
             key => return Err(not_a_sweep_key(e, key)),
         }
     }
@@ -562,6 +595,15 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         .map(|e| tables::prompt_matrix(e, &p))
         .transpose()?;
     let eta_explicit = eta.is_some();
+    let wildcards = wildcards_entry
+        .map(|e| {
+            wildcards::read(
+                e,
+                (&p.prompt, find("prompt")),
+                (&p.negative_prompt, find("negative_prompt")),
+            )
+        })
+        .transpose()?;
 
     Ok(SweepSpec {
         name,
@@ -574,6 +616,8 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
         xyz,
         prompt_matrix,
         pool,
+        wildcards,
+        dataset,
     })
 }
 

@@ -5,11 +5,17 @@
 //! axes by strictly greater cost, defaulting to Z then Y), axes are applied X, Y, Z, then
 //! "vary seeds" offsets the seed. Prompt matrix: one cell per prompt combination, in
 //! `prompt_matrix.py`'s bit order.
+//!
+//! `[wildcards]` adds the outermost loop: wildcard cell `w` resolves the dynamic prompt and
+//! negative prompt, then the rest of the sweep (X/Y/Z, prompt matrix, batches) expands with
+//! those texts as if they had been written in the file. Seeds advance with `w` by the
+//! images of one inner cell, so a plain wildcard sweep gives image `i` the seed `seed + i`
+//! as A1111's dynamic-prompts batches do, while the cells of one X/Y/Z plot keep one seed.
 
 use sdfarm_proto::RenderParams;
 
 use crate::spec::axes::{AxisValue, Field};
-use crate::spec::{PromptMatrixSpec, PromptType, SweepSpec, XyzSpec};
+use crate::spec::{PromptMatrixSpec, PromptType, SweepSpec, WildcardsSpec, XyzSpec};
 
 use super::RANDOM_SEED_BOUND;
 
@@ -51,6 +57,9 @@ pub struct Cells<'a> {
     /// Mixed into per-cell random seeds so they differ between jobs yet stay reproducible.
     nonce: i64,
     kind: Kind<'a>,
+    wildcards: Option<&'a WildcardsSpec>,
+    /// Cells of one wildcard cell (the whole sweep without `[wildcards]`).
+    inner: u64,
 }
 
 /// A1111's choice of outer loops: `first_axes_processed` and `second_axes_processed`.
@@ -106,7 +115,11 @@ impl<'a> Cells<'a> {
             };
             Kind::Matrix {
                 m,
-                parts: prompt.split('|').map(str::to_string).collect(),
+                parts: match &spec.wildcards {
+                    // Bars inside braces separate variant options, not matrix parts.
+                    Some(_) => top_level_parts(prompt),
+                    None => prompt.split('|').map(str::to_string).collect(),
+                },
             }
         } else {
             Kind::Single
@@ -123,13 +136,31 @@ impl<'a> Cells<'a> {
         } else {
             super::resolve_seed(spec.base.subseed)
         };
-        Cells {
+        let mut cells = Cells {
             spec,
             seed: if keep { spec.base.seed } else { seed },
             subseed,
             nonce: seed,
             kind,
+            wildcards: None,
+            inner: 1,
+        };
+        cells.inner = cells.inner_len();
+        cells.wildcards = spec.wildcards.as_ref();
+        cells
+    }
+
+    fn inner_len(&self) -> u64 {
+        match &self.kind {
+            Kind::Single => 1,
+            Kind::Xyz { xyz, .. } => xyz.axes.iter().map(|a| a.len() as u64).product(),
+            Kind::Matrix { parts, .. } => 1u64 << (parts.len() - 1),
         }
+    }
+
+    /// The wildcard cell and the position inside it.
+    fn split(&self, pos: u64) -> (u64, u64) {
+        (pos / self.inner, pos % self.inner)
     }
 
     pub fn spec(&self) -> &'a SweepSpec {
@@ -137,10 +168,9 @@ impl<'a> Cells<'a> {
     }
 
     pub fn len(&self) -> u64 {
-        match &self.kind {
-            Kind::Single => 1,
-            Kind::Xyz { xyz, .. } => xyz.axes.iter().map(|a| a.len() as u64).product(),
-            Kind::Matrix { parts, .. } => 1u64 << (parts.len() - 1),
+        match self.wildcards {
+            Some(w) => w.cells().saturating_mul(self.inner),
+            None => self.inner,
         }
     }
 
@@ -163,7 +193,7 @@ impl<'a> Cells<'a> {
     /// The checkpoint of the cell at `pos`, without computing the rest of it.
     pub fn model_of(&self, pos: u64) -> &'a str {
         if let Kind::Xyz { xyz, order } = &self.kind {
-            let c = self.coords(*order, xyz, pos);
+            let c = self.coords(*order, xyz, self.split(pos).1);
             // The last checkpoint axis applied wins, as in A1111.
             for axis in (0..3).rev() {
                 if xyz.axes[axis].def.field == Field::Checkpoint {
@@ -185,7 +215,39 @@ impl<'a> Cells<'a> {
         let mut p = self.spec.base.clone();
         p.seed = self.seed;
         p.subseed = self.subseed;
-        let (index, coords) = match &self.kind {
+        let (w, pos) = self.split(pos);
+        let resolved_parts;
+        if let Some(wild) = self.wildcards {
+            let r = wild.cell(w, self.nonce);
+            p.prompt_template = wild.prompt_template.clone();
+            p.prompt = r.prompt.text;
+            p.negative_prompt = r.negative.text;
+            p.prompt_choices = r.prompt.choices;
+            p.prompt_choices.extend(r.negative.choices);
+            let step = match self.kind {
+                Kind::Matrix { .. } => self.inner,
+                _ => u64::from(self.images_per_cell()),
+            };
+            let offset = i64::try_from(w.saturating_mul(step)).unwrap_or(i64::MAX);
+            if p.seed != -1 {
+                p.seed = p.seed.saturating_add(offset);
+            }
+        }
+        let kind = match (&self.kind, self.wildcards) {
+            (Kind::Matrix { m, .. }, Some(_)) => {
+                let prompt = match m.prompt_type {
+                    PromptType::Positive => &p.prompt,
+                    PromptType::Negative => &p.negative_prompt,
+                };
+                resolved_parts = Kind::Matrix {
+                    m: *m,
+                    parts: prompt.split('|').map(str::to_string).collect(),
+                };
+                &resolved_parts
+            }
+            (kind, _) => kind,
+        };
+        let (index, coords) = match kind {
             Kind::Single => (0, None),
             Kind::Xyz { xyz, order } => {
                 let c = self.coords(*order, xyz, pos);
@@ -230,6 +292,7 @@ impl<'a> Cells<'a> {
                 (pos, None)
             }
         };
+        let pos = w * self.inner + pos;
         // -1 left by "Keep -1 for seeds" is drawn by each cell's own `fix_seed`.
         if p.seed == -1 {
             p.seed = self.random(pos, 0);
@@ -241,7 +304,7 @@ impl<'a> Cells<'a> {
         }
         Cell {
             pos,
-            index,
+            index: w * self.inner + index,
             coords,
             params: p,
         }
@@ -277,6 +340,27 @@ impl<'a> Cells<'a> {
             _ => None,
         }
     }
+}
+
+/// A template split at the `|` outside braces: the prompt matrix's parts.
+fn top_level_parts(prompt: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut depth = 0usize;
+    let mut escaped = false;
+    for c in prompt.chars() {
+        match c {
+            '{' if !escaped => depth += 1,
+            '}' if !escaped => depth = depth.saturating_sub(1),
+            '|' if !escaped && depth == 0 => {
+                parts.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        escaped = c == '\\' && !escaped;
+        parts.last_mut().expect("never empty").push(c);
+    }
+    parts
 }
 
 /// `prompt_matrix.py`: bit `n` of the combination number selects variable part `n + 1`,

@@ -67,7 +67,10 @@ impl PlanSummary {
 
 /// A dry-run plan: one JSON object per cell in processing order, in A1111 API field names
 /// plus `cell` (grid index), `x`/`y`/`z` (axis positions) and the `seeds` of its images
-/// (and `subseeds` when a variation seed is used), then a final `{"summary": …}`.
+/// (and `subseeds` when a variation seed is used), then a final `{"summary": …}`. With
+/// `[wildcards]`, `prompt` is the resolved text and `prompt_template`,
+/// `negative_prompt_template` and `prompt_choices` (the prompt's, then the negative
+/// prompt's) say how it was made.
 /// Fields of axes left at their defaults are omitted.
 pub fn plan_json_lines(spec: &SweepSpec, seed: i64) -> impl Iterator<Item = Value> + '_ {
     let cells = Cells::new(spec, seed);
@@ -101,6 +104,11 @@ pub fn plan_json_lines(spec: &SweepSpec, seed: i64) -> impl Iterator<Item = Valu
             "eta": p.eta,
             "seeds": images.iter().map(|i| i.seed).collect::<Vec<_>>(),
         });
+        if let Some(w) = &spec.wildcards {
+            line["prompt_template"] = json!(w.prompt_template);
+            line["negative_prompt_template"] = json!(w.negative_template);
+            line["prompt_choices"] = json!(p.prompt_choices);
+        }
         if let Some([x, y, z]) = cell.coords {
             line["x"] = json!(x);
             line["y"] = json!(y);

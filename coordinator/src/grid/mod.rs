@@ -67,6 +67,10 @@ impl GridPlan {
     /// larger than [`MAX_GRID_MEGAPIXELS`].
     pub fn for_sweep(cells: &Cells<'_>) -> Option<GridPlan> {
         let spec = cells.spec();
+        // A wildcard sweep is a data set: its cells are prompts, not positions on a grid.
+        if spec.wildcards.is_some() {
+            return None;
+        }
         let pixels = u64::from(spec.base.width) * u64::from(spec.base.height);
         if cells.len().saturating_mul(pixels) / 1_000_000 >= MAX_GRID_MEGAPIXELS {
             return None;

@@ -17,6 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use super::*;
 
 mod affinity;
+mod datasets;
 mod fairness;
 mod fixtures;
 mod groups;
@@ -28,6 +29,7 @@ mod release;
 mod streaming;
 
 use affinity::*;
+use datasets::*;
 use fairness::*;
 use fixtures::{submit, LEASE, T0};
 use groups::*;
@@ -93,6 +95,9 @@ conformance!(
     retry_returns_failed_tasks_with_their_history,
     retried_tasks_of_a_paused_job_stay_held,
     completed_tasks_record_worker_attempt_and_times,
+    dataset_cells_read_back_keys_and_next_index,
+    extending_a_job_adds_tasks_and_reopens_it,
+    a_cell_key_held_twice_stores_nothing,
 );
 
 async fn on_sqlite<F, Fut>(check: F)

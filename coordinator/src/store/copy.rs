@@ -60,6 +60,8 @@ impl CopyRows {
         let key = escape(&task.output_key);
         // Postgres keeps the model in its own column for the affinity indexes.
         let model = escape(&task.params.model);
+        // `\N` is COPY's NULL: tasks of jobs that are not datasets have no cell key.
+        let cell_key = task.cell_key.as_deref().map(escape);
         let b = &mut self.buf;
         for (i, field) in [
             self.job_id.as_str(),
@@ -71,6 +73,7 @@ impl CopyRows {
             &self.scheduled_at,
             &self.pool,
             &self.owner,
+            cell_key.as_deref().unwrap_or("\\N"),
             &model,
         ]
         .iter()

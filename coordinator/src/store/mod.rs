@@ -130,6 +130,16 @@ pub struct NewTask {
     pub image_index: u32,
     pub params: RenderParams,
     pub output_key: String,
+    /// Dataset jobs: the cell key (hex, see `crate::dataset`); a job holds each key once.
+    /// `None` for other jobs, whose cells may repeat.
+    pub cell_key: Option<String>,
+}
+
+/// What a dataset job already holds: the keys of its cells and the next free image index.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetCells {
+    pub keys: std::collections::HashSet<crate::dataset::CellKey>,
+    pub next_index: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -297,6 +307,21 @@ pub trait Store: Send + Sync + 'static {
     /// written in batches inside one transaction, so memory stays bounded and a failure
     /// stores nothing. Returns how many tasks were stored.
     async fn create_job_streaming(
+        &self,
+        job: &NewJob,
+        tasks: &mut (dyn Iterator<Item = NewTask> + Send),
+        now: Millis,
+    ) -> Result<u64>;
+
+    /// The cell keys a dataset job holds and its next free image index; `None` when the job
+    /// does not exist. Keys are streamed in, so memory is the key set itself.
+    async fn dataset_cells(&self, job_id: &str) -> Result<Option<DatasetCells>>;
+
+    /// Adds tasks to an existing job in one transaction (streamed as in
+    /// `create_job_streaming`), updates its stored sweep text, and, when any task is added,
+    /// makes a finished or cancelled job unfinished again. A cell key the job already holds
+    /// fails the whole call and stores nothing. Returns how many tasks were added.
+    async fn extend_job_streaming(
         &self,
         job: &NewJob,
         tasks: &mut (dyn Iterator<Item = NewTask> + Send),

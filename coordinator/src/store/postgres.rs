@@ -22,6 +22,7 @@ use super::{
     Store, StoreError, TaskOutput, TaskRecord, TaskState,
 };
 
+mod dataset;
 mod group;
 mod provenance;
 
@@ -72,15 +73,16 @@ const INSERT_JOB: &str = "INSERT INTO jobs \
 /// One statement for the whole sweep: large jobs insert in a single round trip.
 const INSERT_TASKS: &str = "INSERT INTO tasks \
      (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
-      owner, model) \
-     SELECT $1, t.image_index, $2, t.params, $3, t.output_key, $4, $8, $9, \
+      owner, cell_key, model) \
+     SELECT $1, t.image_index, $2, t.params, $3, t.output_key, $4, $8, $9, t.cell_key, \
             t.params::jsonb->>'model' \
-     FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS t(image_index, params, output_key)";
+     FROM UNNEST($5::bigint[], $6::text[], $7::text[], $10::text[]) \
+          AS t(image_index, params, output_key, cell_key)";
 
 /// Streaming submit: COPY is the fastest way into Postgres and takes rows as they are made.
 const COPY_TASKS: &str = "COPY tasks \
      (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
-      owner, model) \
+      owner, cell_key, model) \
      FROM STDIN";
 
 const LIST_TASKS: &str = concat!(
@@ -267,6 +269,7 @@ impl Store for PostgresStore {
             .bind(keys)
             .bind(&job.pool)
             .bind(&job.owner)
+            .bind(tasks.iter().map(|t| t.cell_key.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         sqlx::query(fair::ADD_OWNER)
@@ -324,6 +327,20 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn dataset_cells(&self, job_id: &str) -> Result<Option<super::DatasetCells>> {
+        dataset::cells(self, job_id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %job.id))]
+    async fn extend_job_streaming(
+        &self,
+        job: &NewJob,
+        tasks: &mut (dyn Iterator<Item = NewTask> + Send),
+        now: Millis,
+    ) -> Result<u64> {
+        dataset::extend(self, job, tasks, now).await
     }
 
     async fn get_job(&self, id: &str) -> Result<JobRecord> {

@@ -59,6 +59,7 @@ macro_rules! jobs_with_counts {
 }
 
 // After the column macros, which its queries use.
+mod dataset;
 mod fair;
 mod provenance;
 
@@ -72,8 +73,8 @@ const INSERT_JOB: &str = "INSERT INTO jobs \
 
 const INSERT_TASK: &str = "INSERT INTO tasks \
      (job_id, image_index, priority, params, max_attempts, output_key, scheduled_at, pool, \
-      owner) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+      owner, cell_key) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 const LIST_TASKS: &str = concat!(
     "SELECT ",
@@ -254,6 +255,7 @@ impl Store for SqliteStore {
                 .bind(now)
                 .bind(&job.pool)
                 .bind(&job.owner)
+                .bind(&task.cell_key)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -296,6 +298,7 @@ impl Store for SqliteStore {
                 .bind(now)
                 .bind(&job.pool)
                 .bind(&job.owner)
+                .bind(&task.cell_key)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -309,6 +312,20 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn dataset_cells(&self, job_id: &str) -> Result<Option<super::DatasetCells>> {
+        dataset::cells(self, job_id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %job.id))]
+    async fn extend_job_streaming(
+        &self,
+        job: &NewJob,
+        tasks: &mut (dyn Iterator<Item = NewTask> + Send),
+        now: Millis,
+    ) -> Result<u64> {
+        dataset::extend(self, job, tasks, now).await
     }
 
     async fn get_job(&self, id: &str) -> Result<JobRecord> {

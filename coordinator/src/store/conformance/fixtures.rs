@@ -59,6 +59,7 @@ pub(super) fn new_tasks(job_id: &str, indexes: impl IntoIterator<Item = u32>) ->
             image_index: i,
             params: params(i),
             output_key: format!("renders/{job_id}/{i:05}.png"),
+            cell_key: None,
         })
         .collect()
 }

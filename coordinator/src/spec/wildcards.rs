@@ -1,0 +1,371 @@
+//! The `[wildcards]` table: dynamic prompts (sd-dynamic-prompts syntax) in `prompt` and
+//! `negative_prompt`, and the wildcard files they draw from.
+//!
+//! ```toml
+//! [wildcards]
+//! mode = "random"        # or "combinatorial" (the default): every combination is a cell
+//! count = 1000           # random: cells to draw; combinatorial: at most this many
+//! folder = "wildcards"   # __name__ reads <folder>/name.txt, relative to the sweep file
+//! ```
+//!
+//! Without a `[wildcards]` table braces and double underscores are plain prompt text, so
+//! sweeps written before dynamic prompts existed mean what they meant. Parsing here is
+//! pure: the files come in `files` (name → file text), which `sdfarm` fills from `folder`
+//! before it submits (see [`bundle_folder`]), so the stored sweep is self-contained and a
+//! coordinator never reads a client's disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::dynamic::{self, Compiled, Library, Template};
+
+use super::source::{Entry, Raw};
+use super::{Result, SpecError, SpecErrorKind, SweepFormat};
+
+/// Most prompt combinations a combinatorial `[wildcards]` may have before the coordinator's
+/// own cell limit is even consulted: beyond this, listing them is never what was meant.
+pub const MAX_COMBINATIONS: u64 = 1_000_000;
+pub const COUNT_RANGE: std::ops::RangeInclusive<i64> = 1..=100_000_000;
+const KEYS: &[&str] = &["mode", "count", "folder", "files"];
+const SYNTAX: &str = "sd-dynamic-prompts syntax: {a|b}, {2$$a|b|c}, {1-3$$ and $$a|b|c}, \
+                      {0.5::a|b}, __wildcard__ (\\{ \\} \\| for literal characters)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WildcardMode {
+    /// Every combination of the prompt's (and negative prompt's) choices is a cell.
+    Combinatorial,
+    /// `count` cells, each drawing its choices from the job seed and its index.
+    Random,
+}
+
+/// A validated `[wildcards]` table with its templates compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WildcardsSpec {
+    pub mode: WildcardMode,
+    /// Random: cells drawn. Combinatorial: the cap, if one was written.
+    pub count: Option<u64>,
+    pub folder: Option<String>,
+    /// The prompt and negative prompt as written.
+    pub prompt_template: String,
+    pub negative_template: String,
+    pub prompt: Compiled,
+    pub negative: Compiled,
+}
+
+/// One wildcard cell's prompts and the choices that made them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WildcardCell {
+    pub prompt: dynamic::Resolved,
+    pub negative: dynamic::Resolved,
+}
+
+impl WildcardsSpec {
+    /// Wildcard cells: each is then expanded as the rest of the sweep says.
+    pub fn cells(&self) -> u64 {
+        match self.mode {
+            WildcardMode::Random => self.count.unwrap_or(1),
+            WildcardMode::Combinatorial => {
+                let all = self.prompt.count().saturating_mul(self.negative.count());
+                self.count.map_or(all, |c| c.min(all))
+            }
+        }
+    }
+
+    /// Wildcard cell `w` (`w < cells()`); `seed` is the job's resolved seed.
+    pub fn cell(&self, w: u64, seed: i64) -> WildcardCell {
+        match self.mode {
+            WildcardMode::Combinatorial => {
+                let n = self.negative.count();
+                WildcardCell {
+                    prompt: self.prompt.nth(w / n),
+                    negative: self.negative.nth(w % n),
+                }
+            }
+            WildcardMode::Random => {
+                let mut rng = dynamic::cell_rng(seed, w);
+                let prompt = self.prompt.sample(&mut rng);
+                WildcardCell {
+                    prompt,
+                    negative: self.negative.sample(&mut rng),
+                }
+            }
+        }
+    }
+}
+
+fn file_name(name: &str) -> String {
+    format!("{name}.txt")
+}
+
+/// Where a missing wildcard was looked for, for the error naming it.
+fn searched(folder: Option<&str>, name: &str) -> String {
+    match folder {
+        Some(f) => format!(
+            "{} not found in folder {f:?} (relative to the sweep file)",
+            file_name(name)
+        ),
+        None => format!(
+            "{name:?} is not in [wildcards] files and no `folder` is set to read {} from",
+            file_name(name)
+        ),
+    }
+}
+
+pub(super) fn read(
+    e: &Entry,
+    prompt: (&str, Option<&Entry>),
+    negative: (&str, Option<&Entry>),
+) -> Result<WildcardsSpec> {
+    let Raw::Table(items) = &e.value else {
+        return Err(super::wrong_type(e, "a table", KEYS.join(", ")));
+    };
+    let mut mode = WildcardMode::Combinatorial;
+    let (mut count, mut folder) = (None, None);
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    let mut count_entry = None;
+    for item in items.iter().filter(|i| !matches!(i.value, Raw::Null)) {
+        let r = match item.key.as_str() {
+            "mode" => match super::string(item, "\"combinatorial\" or \"random\"")?.as_str() {
+                "combinatorial" => Ok(mode = WildcardMode::Combinatorial),
+                "random" => Ok(mode = WildcardMode::Random),
+                _ => Err(SpecError::at(
+                    SpecErrorKind::InvalidValue,
+                    item,
+                    "is not a wildcard mode",
+                    "\"combinatorial\" or \"random\"",
+                )),
+            },
+            "count" => {
+                count_entry = Some(item);
+                super::int_in(item, COUNT_RANGE).map(|c| count = Some(c as u64))
+            }
+            "folder" => super::string(item, "a folder path").map(|f| folder = Some(f)),
+            "files" => match &item.value {
+                Raw::Table(entries) => entries
+                    .iter()
+                    .try_for_each(|f| {
+                        super::string(f, "the text of a wildcard file, one option a line")
+                            .map(|t| drop(files.insert(f.key.clone(), t)))
+                    })
+                    .map_err(|e| named(e, "files")),
+                _ => Err(super::wrong_type(
+                    item,
+                    "a table",
+                    "name = \"file text\" entries".into(),
+                )),
+            },
+            _ => Err(SpecError::at(
+                SpecErrorKind::UnknownKey,
+                item,
+                "is not a key of [wildcards]",
+                KEYS.join(", "),
+            )),
+        };
+        r.map_err(|err| named(err, "wildcards"))?;
+    }
+    if mode == WildcardMode::Random && count.is_none() {
+        let mut err = SpecError::new(
+            SpecErrorKind::MissingKey,
+            "is missing: mode = \"random\" needs the number of cells to draw",
+        );
+        err.key = Some("wildcards.count".into());
+        err.line = e.line;
+        err.accepted = Some(super::read::range_text(&COUNT_RANGE));
+        return Err(err);
+    }
+
+    let template = |(text, entry): (&str, Option<&Entry>)| -> Result<Template> {
+        dynamic::parse(text).map_err(|err| {
+            let entry = entry.expect("only written prompts can be malformed");
+            SpecError::at(
+                SpecErrorKind::InvalidValue,
+                entry,
+                format!("is not a valid dynamic prompt: {err}"),
+                SYNTAX,
+            )
+        })
+    };
+    let (pt, nt) = (template(prompt)?, template(negative)?);
+    let library = Library::gather(&[&pt, &nt], &mut |name| files.get(name).cloned(), &|name| {
+        searched(folder.as_deref(), name)
+    })
+    .map_err(|err| {
+        let mut spec_err = SpecError::new(SpecErrorKind::InvalidValue, err.to_string());
+        spec_err.line = e.line;
+        spec_err.key = Some(if folder.is_some() {
+            "wildcards.folder".into()
+        } else {
+            "wildcards".into()
+        });
+        spec_err
+    })?;
+    let spec = WildcardsSpec {
+        mode,
+        count,
+        folder,
+        prompt_template: prompt.0.to_string(),
+        negative_template: negative.0.to_string(),
+        prompt: Compiled::new(&pt, &library),
+        negative: Compiled::new(&nt, &library),
+    };
+    let combinations = spec.prompt.count().saturating_mul(spec.negative.count());
+    if mode == WildcardMode::Combinatorial && count.is_none() && combinations > MAX_COMBINATIONS {
+        let shown = if combinations == u64::MAX {
+            "more than 18 quintillion".to_string()
+        } else {
+            combinations.to_string()
+        };
+        let mut err = SpecError::new(
+            SpecErrorKind::InvalidValue,
+            format!(
+                "combinatorial mode gives {shown} prompt combinations, more than the \
+                 {MAX_COMBINATIONS} sdfarm lists"
+            ),
+        );
+        err.key = Some("wildcards.mode".into());
+        err.line = e.line;
+        err.accepted = Some("mode = \"random\" with a count, or a count capping the list".into());
+        return Err(err);
+    }
+    let _ = count_entry;
+    Ok(spec)
+}
+
+fn named(mut err: SpecError, prefix: &str) -> SpecError {
+    if let Some(k) = &err.key {
+        if !k.starts_with(prefix) {
+            err.key = Some(format!("{prefix}.{k}"));
+        }
+    }
+    err
+}
+
+/// Why a sweep's wildcard folder could not be bundled.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error("reading wildcard file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The sweep text with the wildcard files its prompts use read from `[wildcards] folder`
+/// (relative to `base_dir`, the sweep file's folder) into `[wildcards] files`, so the text
+/// alone says everything. A sweep without a folder is returned unchanged.
+///
+/// Only the files the prompts reach (directly or through other files) are read. The text is
+/// re-serialised in its own format when something is added; keys and values are unchanged.
+pub fn bundle_folder(
+    text: &str,
+    format: SweepFormat,
+    base_dir: &Path,
+) -> std::result::Result<String, BundleError> {
+    let mut doc: serde_json::Value = match format {
+        SweepFormat::Toml => {
+            let table: toml::Table = match toml::from_str(text) {
+                Ok(t) => t,
+                // The parser's own error, with its line, comes from `parse_sweep`.
+                Err(_) => return Ok(text.to_string()),
+            };
+            serde_json::to_value(table).map_err(|e| BundleError::Other(e.to_string()))?
+        }
+        SweepFormat::Json => match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => return Ok(text.to_string()),
+        },
+    };
+    let folder = match doc.pointer("/wildcards/folder") {
+        Some(serde_json::Value::String(f)) => f.clone(),
+        _ => return Ok(text.to_string()),
+    };
+    if folder.contains("://") {
+        return Err(BundleError::Other(format!(
+            "[wildcards] folder {folder:?}: object-store prefixes are not supported yet; \
+             give a local folder"
+        )));
+    }
+    let dir = base_dir.join(&folder);
+    let prompt = |key: &str| {
+        doc.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (pt, nt) = (prompt("prompt"), prompt("negative_prompt"));
+    // Syntax errors are reported by `parse_sweep` with the key and line.
+    let (Ok(pt), Ok(nt)) = (dynamic::parse(&pt), dynamic::parse(&nt)) else {
+        return Ok(text.to_string());
+    };
+    let inline: BTreeMap<String, String> = doc
+        .pointer("/wildcards/files")
+        .and_then(|f| f.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut read: BTreeMap<String, String> = BTreeMap::new();
+    let mut io_error = None;
+    let gathered = Library::gather(
+        &[&pt, &nt],
+        &mut |name| {
+            if let Some(t) = inline.get(name) {
+                return Some(t.clone());
+            }
+            let path = dir.join(file_name(name));
+            match std::fs::read_to_string(&path) {
+                Ok(t) => {
+                    read.insert(name.to_string(), t.clone());
+                    Some(t)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    io_error.get_or_insert(BundleError::Io {
+                        path: path.display().to_string(),
+                        source: e,
+                    });
+                    None
+                }
+            }
+        },
+        &|name| format!("{} not found in folder {}", file_name(name), dir.display()),
+    );
+    if let Some(e) = io_error {
+        return Err(e);
+    }
+    if let Err(e) = gathered {
+        return Err(BundleError::Other(format!("[wildcards] folder: {e}")));
+    }
+    if read.is_empty() {
+        return Ok(text.to_string());
+    }
+    let wildcards = doc
+        .get_mut("wildcards")
+        .and_then(|w| w.as_object_mut())
+        .expect("the folder was found in this table");
+    let files = wildcards
+        .entry("files")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let Some(files) = files.as_object_mut() else {
+        return Ok(text.to_string());
+    };
+    for (name, t) in read {
+        files.insert(name, serde_json::Value::String(t));
+    }
+    match format {
+        SweepFormat::Json => {
+            serde_json::to_string_pretty(&doc).map_err(|e| BundleError::Other(e.to_string()))
+        }
+        SweepFormat::Toml => {
+            let table: toml::Table =
+                serde_json::from_value(doc).map_err(|e| BundleError::Other(e.to_string()))?;
+            toml::to_string(&table).map_err(|e| BundleError::Other(e.to_string()))
+        }
+    }
+}
