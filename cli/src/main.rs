@@ -7,6 +7,7 @@ mod jobs;
 mod local;
 mod progress;
 mod prompt;
+mod rerender;
 mod wildcards;
 
 use std::path::PathBuf;
@@ -97,6 +98,9 @@ enum Command {
     Manifest(dataset::ManifestArgs),
     /// Export a job's images as a Hugging Face imagefolder, WebDataset shards or JSON lines.
     Export(dataset::ExportArgs),
+    /// Render an image's parameters again and say whether the result is byte-identical
+    /// (exit 0) or where it first differs (exit 1).
+    Rerender(rerender::RerenderArgs),
 }
 
 #[tokio::main]
@@ -123,6 +127,7 @@ async fn main() -> ExitCode {
         Command::Retry(args) => control::retry(args).await,
         Command::Manifest(args) => dataset::manifest(args).await,
         Command::Export(args) => dataset::export(args).await,
+        Command::Rerender(args) => rerender::rerender(args).await,
     };
     match result {
         Ok(code) => code,
