@@ -27,7 +27,10 @@ use crate::store::{Millis, QueueCount, Result, Store, TaskRecord, TaskState};
 
 /// How often the waiting counts are re-read from the store (coordinator clock).
 pub const REFRESH_MS: Millis = 2_000;
-/// A worker silent this long no longer counts as holding its model.
+/// A worker silent this long no longer counts as holding its model, until a lease tells the
+/// scheduler the pool's lease length: a live worker heartbeats every third of a lease, so a
+/// holder not heard from for a whole lease has died (its tasks come back through the
+/// rescuer) and must not keep idle workers waiting for it.
 const HOLDER_TIMEOUT_MS: Millis = 10 * 60 * 1000;
 /// Cost guesses before a pool's workers have reported any.
 const DEFAULT_IMAGE_MS: f64 = 5_000.0;
@@ -66,6 +69,8 @@ struct PoolState {
     holders: HashMap<String, Holder>,
     image_ms: Option<f64>,
     load_ms: Option<f64>,
+    /// How long a holder counts without a lease or heartbeat (the lease length once known).
+    holder_timeout_ms: Millis,
 }
 
 impl PoolState {
@@ -75,6 +80,7 @@ impl PoolState {
             holders: HashMap::new(),
             image_ms: None,
             load_ms: None,
+            holder_timeout_ms: HOLDER_TIMEOUT_MS,
         }
     }
 
@@ -90,7 +96,7 @@ impl PoolState {
         self.holders
             .iter()
             .filter(|(w, h)| {
-                w.as_str() != me && h.model == model && now - h.seen <= HOLDER_TIMEOUT_MS
+                w.as_str() != me && h.model == model && now - h.seen <= self.holder_timeout_ms
             })
             .count() as u64
     }
@@ -271,6 +277,15 @@ impl Scheduler {
         );
     }
 
+    /// The worker is alive (a heartbeat): it still holds what it held.
+    pub fn touch(&self, worker: &str, now: Millis) {
+        for p in self.state.lock().unwrap().pools.values_mut() {
+            if let Some(h) = p.holders.get_mut(worker) {
+                h.seen = h.seen.max(now);
+            }
+        }
+    }
+
     /// The worker got nothing: it serves no model until its next lease.
     pub fn idle(&self, pool: &str, worker: &str) {
         if let Some(p) = self.state.lock().unwrap().pools.get_mut(pool) {
@@ -310,6 +325,13 @@ impl Scheduler {
             let counts = store.queue_counts().await?;
             self.refresh(&counts, now);
         }
+        self.state
+            .lock()
+            .unwrap()
+            .pools
+            .entry(pool.to_string())
+            .or_insert_with(PoolState::new)
+            .holder_timeout_ms = lease_ms.max(1);
         let plan = self.plan(pool, worker, held, now);
         let mut tasks = Vec::new();
         if let Plan::Load(model) = &plan {
@@ -441,5 +463,20 @@ mod tests {
         serve(&s, "w3", "new");
         // Now "new" has 50 s for its holder, a 50 s per remaining holder: stay.
         assert_eq!(s.plan("p", "w2", &["a".into()], 0), Plan::Held);
+    }
+
+    #[test]
+    fn a_holder_silent_for_a_lease_no_longer_keeps_others_waiting() {
+        let s = Scheduler::default();
+        s.refresh(&counts("p", &[("a", 20)]), 0);
+        costs(&s, 1_000, 30_000);
+        serve(&s, "w1", "a");
+        s.state.lock().unwrap().pools.get_mut("p").unwrap().holder_timeout_ms = 3_000;
+        assert_eq!(s.plan("p", "w2", &[], 2_000), Plan::Wait);
+        // A heartbeat keeps w1 holding a.
+        s.touch("w1", 2_500);
+        assert_eq!(s.plan("p", "w2", &[], 5_000), Plan::Wait);
+        // Killed: no heartbeat for a whole lease, so a has no holder and w2 loads it.
+        assert_eq!(s.plan("p", "w2", &[], 6_000), Plan::Load("a".into()));
     }
 }

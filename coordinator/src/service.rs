@@ -425,6 +425,7 @@ impl Coordinator {
         Self::check_protocol(protocol_version)?;
         self.touch_worker(worker_id);
         let now = self.clock.now_ms();
+        self.scheduler.touch(worker_id, now);
         let lost = self
             .store
             .heartbeat(worker_id, task_ids, self.lease_ms(), now)
