@@ -471,7 +471,13 @@ mod tests {
         s.refresh(&counts("p", &[("a", 20)]), 0);
         costs(&s, 1_000, 30_000);
         serve(&s, "w1", "a");
-        s.state.lock().unwrap().pools.get_mut("p").unwrap().holder_timeout_ms = 3_000;
+        s.state
+            .lock()
+            .unwrap()
+            .pools
+            .get_mut("p")
+            .unwrap()
+            .holder_timeout_ms = 3_000;
         assert_eq!(s.plan("p", "w2", &[], 2_000), Plan::Wait);
         // A heartbeat keeps w1 holding a.
         s.touch("w1", 2_500);

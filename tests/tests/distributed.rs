@@ -108,7 +108,10 @@ impl Farm {
         let prefix = ObjectPath::from(format!("renders/{job}"));
         let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
         let mut out = BTreeMap::new();
-        for meta in metas.into_iter().filter(|m| m.location.as_ref().ends_with(".png")) {
+        for meta in metas
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with(".png"))
+        {
             let bytes = store
                 .get(&meta.location)
                 .await
