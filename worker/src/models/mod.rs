@@ -329,7 +329,9 @@ impl ModelResolver {
                 ms = started.elapsed().as_millis() as u64,
                 "model prefetched"
             ),
-            Err(e) => tracing::warn!(model = %reference, error = %e, "prefetch failed"),
+            // The task that needs the model fails with the same reason, where the user
+            // sees it; a warning here would only say it twice.
+            Err(e) => tracing::debug!(model = %reference, error = %e, "prefetch failed"),
         }
         self.prefetching
             .lock()
