@@ -71,6 +71,8 @@ struct PoolState {
     load_ms: Option<f64>,
     /// How long a holder counts without a lease or heartbeat (the lease length once known).
     holder_timeout_ms: Millis,
+    /// Worker id → when its current run of `Plan::Wait` answers began.
+    waiting_since: HashMap<String, Millis>,
 }
 
 impl PoolState {
@@ -81,6 +83,7 @@ impl PoolState {
             image_ms: None,
             load_ms: None,
             holder_timeout_ms: HOLDER_TIMEOUT_MS,
+            waiting_since: HashMap::new(),
         }
     }
 
@@ -366,7 +369,11 @@ impl Scheduler {
                         tasks = store.claim(worker, pool, max, lease_ms, now).await?;
                     }
                 }
-                Plan::Wait => {}
+                Plan::Wait => {
+                    if self.waited_out(pool, worker, now) {
+                        tasks = store.claim(worker, pool, max, lease_ms, now).await?;
+                    }
+                }
                 Plan::Held | Plan::Any => {
                     tasks = store.claim(worker, pool, max, lease_ms, now).await?;
                 }
@@ -376,8 +383,28 @@ impl Scheduler {
             self.idle(pool, worker);
         } else {
             self.claimed(pool, worker, &tasks, now);
+            if let Some(p) = self.state.lock().unwrap().pools.get_mut(pool) {
+                p.waiting_since.remove(worker);
+            }
         }
         Ok(tasks)
+    }
+
+    /// Waiting is a bet that the holders render the waiting work sooner than a load would:
+    /// it is given up once the worker has waited as long as the holders should have needed
+    /// (a holder that stopped asking for work, or is slower than its costs say, must not
+    /// leave the work waiting while this worker idles).
+    fn waited_out(&self, pool: &str, worker: &str, now: Millis) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let Some(p) = state.pools.get_mut(pool) else {
+            return true;
+        };
+        let costs = p.costs();
+        let backlog = p
+            .neediest(&[], worker, now, costs)
+            .map_or(0.0, |(backlog, _)| backlog);
+        let since = *p.waiting_since.entry(worker.to_string()).or_insert(now);
+        (now - since) as f64 >= backlog
     }
 }
 
@@ -484,5 +511,18 @@ mod tests {
         assert_eq!(s.plan("p", "w2", &[], 5_000), Plan::Wait);
         // Killed: no heartbeat for a whole lease, so a has no holder and w2 loads it.
         assert_eq!(s.plan("p", "w2", &[], 6_000), Plan::Load("a".into()));
+    }
+
+    #[test]
+    fn a_waiting_worker_gives_up_once_the_holders_should_have_finished() {
+        let s = Scheduler::default();
+        s.refresh(&counts("p", &[("a", 20)]), 0);
+        costs(&s, 1_000, 30_000);
+        serve(&s, "w1", "a");
+        // 20 s of work for w1: w2 waits, but not past those 20 s.
+        assert_eq!(s.plan("p", "w2", &[], 0), Plan::Wait);
+        assert!(!s.waited_out("p", "w2", 0));
+        assert!(!s.waited_out("p", "w2", 19_000));
+        assert!(s.waited_out("p", "w2", 20_000));
     }
 }
