@@ -33,7 +33,7 @@ fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
 
 fn values(n: usize, phase: f32) -> Vec<f32> {
     (0..n)
-        .map(|i| ((i as f32 * 0.37 + phase).sin() * 0.5))
+        .map(|i| (i as f32 * 0.37 + phase).sin() * 0.5)
         .collect()
 }
 
