@@ -252,21 +252,6 @@ pub async fn wait(args: JobArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code_for(&job))
 }
 
-pub async fn cancel(args: JobArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.coordinator).await?;
-    let job = client
-        .cancel(pb::CancelRequest {
-            job_id: args.job.clone(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner()
-        .job
-        .unwrap_or_default();
-    println!("job {} {}", job.id, state_name(job.state));
-    Ok(ExitCode::SUCCESS)
-}
-
 #[derive(clap::Args, Debug)]
 pub struct LsArgs {
     #[command(flatten)]

@@ -120,7 +120,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => jobs::status(args).await,
         Command::Watch(args) => jobs::watch(args).await,
         Command::Wait(args) => jobs::wait(args).await,
-        Command::Cancel(args) => jobs::cancel(args).await,
+        Command::Cancel(args) => control::cancel(args).await,
         Command::Ls(args) => jobs::ls(args).await,
         Command::Pause(args) => control::pause(args).await,
         Command::Resume(args) => control::resume(args).await,
