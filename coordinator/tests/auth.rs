@@ -1,80 +1,14 @@
 //! Bearer tokens over a real loopback socket: each role reaches its own service and is
 //! refused the other's; calls without a token or with an unknown one are refused.
 
-use std::sync::Arc;
+mod common;
 
-use sdfarm_coordinator::auth::Tokens;
-use sdfarm_coordinator::store::open_store;
-use sdfarm_coordinator::{Coordinator, CoordinatorConfig, SystemClock};
-use sdfarm_proto::auth::Bearer;
-use sdfarm_proto::v1::{
-    self as pb, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
-};
+use common::*;
+use sdfarm_proto::v1 as pb;
 use sdfarm_proto::PROTOCOL_VERSION;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::Code;
 
-const CLIENT: &str = "client-token-0123456789";
-const WORKER: &str = "worker-token-0123456789";
-const ADMIN: &str = "admin-token-0123456789";
 const SWEEP: &str = "model = \"builtin:tiny-sd\"\nprompt = \"p\"\nseed = 5\n";
-
-struct Farm {
-    addr: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Farm {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    let store = open_store(&url).await.unwrap();
-    let tokens = Tokens::parse(&format!(
-        "client {CLIENT} alice\nworker {WORKER} gpu-1\nadmin {ADMIN} ops\n"
-    ))
-    .unwrap();
-    let config = CoordinatorConfig {
-        tokens,
-        ..CoordinatorConfig::default()
-    };
-    let coordinator = Arc::new(Coordinator::new(store, config, Arc::new(SystemClock)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sdfarm_coordinator::run(
-        listener,
-        None,
-        coordinator,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Farm {
-        addr,
-        _stop: stop,
-        _dir: dir,
-    }
-}
-
-type Jobs = JobServiceClient<InterceptedService<Channel, Bearer>>;
-type Workers = WorkerServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn channel(farm: &Farm) -> Channel {
-    Channel::from_shared(farm.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn jobs(farm: &Farm, token: Option<&str>) -> Jobs {
-    JobServiceClient::with_interceptor(channel(farm).await, Bearer::new(token).unwrap())
-}
-
-async fn workers(farm: &Farm, token: Option<&str>) -> Workers {
-    WorkerServiceClient::with_interceptor(channel(farm).await, Bearer::new(token).unwrap())
-}
 
 async fn submit(c: &mut Jobs) -> Result<String, tonic::Status> {
     c.submit(pb::SubmitRequest {

@@ -2,81 +2,16 @@
 //! may steer jobs, a worker token may not; a paused job is not leased and its watch goes on;
 //! the owner of a job is the token's name.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use sdfarm_coordinator::auth::Tokens;
-use sdfarm_coordinator::store::open_store;
-use sdfarm_coordinator::{Coordinator, CoordinatorConfig, SystemClock};
-use sdfarm_proto::auth::Bearer;
-use sdfarm_proto::v1::{
-    self as pb, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
-};
+use common::*;
+use sdfarm_proto::v1 as pb;
 use sdfarm_proto::PROTOCOL_VERSION;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::Code;
 
-const CLIENT: &str = "client-token-0123456789";
-const WORKER: &str = "worker-token-0123456789";
-const ADMIN: &str = "admin-token-0123456789";
 const SWEEP: &str = "model = \"builtin:tiny-sd\"\nprompt = \"p\"\nseed = 5\nn_iter = 2\n";
-
-struct Farm {
-    addr: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Farm {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    let store = open_store(&url).await.unwrap();
-    let tokens = Tokens::parse(&format!(
-        "client {CLIENT} alice\nworker {WORKER} gpu-1\nadmin {ADMIN} ops\n"
-    ))
-    .unwrap();
-    let config = CoordinatorConfig {
-        tokens,
-        ..CoordinatorConfig::default()
-    };
-    let coordinator = Arc::new(Coordinator::new(store, config, Arc::new(SystemClock)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sdfarm_coordinator::run(
-        listener,
-        None,
-        coordinator,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Farm {
-        addr,
-        _stop: stop,
-        _dir: dir,
-    }
-}
-
-type Jobs = JobServiceClient<InterceptedService<Channel, Bearer>>;
-type Workers = WorkerServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn channel(farm: &Farm) -> Channel {
-    Channel::from_shared(farm.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn jobs(farm: &Farm, token: &str) -> Jobs {
-    JobServiceClient::with_interceptor(channel(farm).await, Bearer::new(Some(token)).unwrap())
-}
-
-async fn workers(farm: &Farm) -> Workers {
-    WorkerServiceClient::with_interceptor(channel(farm).await, Bearer::new(Some(WORKER)).unwrap())
-}
 
 async fn submit(c: &mut Jobs, owner: &str) -> pb::Job {
     c.submit(pb::SubmitRequest {
@@ -108,8 +43,8 @@ async fn lease(w: &mut Workers, worker_id: &str) -> Vec<pb::LeasedTask> {
 #[tokio::test]
 async fn a_worker_token_cannot_pause_resume_or_retry() {
     let farm = start().await;
-    let job = submit(&mut jobs(&farm, CLIENT).await, "").await.id;
-    let mut as_worker = jobs(&farm, WORKER).await;
+    let job = submit(&mut jobs(&farm, Some(CLIENT)).await, "").await.id;
+    let mut as_worker = jobs(&farm, Some(WORKER)).await;
     let e = as_worker
         .pause(pb::PauseRequest {
             job_id: job.clone(),
@@ -131,19 +66,17 @@ async fn a_worker_token_cannot_pause_resume_or_retry() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-    let unknown = JobServiceClient::with_interceptor(
-        channel(&farm).await,
-        Bearer::new(Some("not-a-token-of-this-farm")).unwrap(),
-    )
-    .pause(pb::PauseRequest {
-        job_id: job.clone(),
-    })
-    .await
-    .unwrap_err();
+    let unknown = jobs(&farm, Some("not-a-token-of-this-farm"))
+        .await
+        .pause(pb::PauseRequest {
+            job_id: job.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::Unauthenticated, "{unknown}");
 
     // None of the refused calls changed the job.
-    let j = jobs(&farm, ADMIN)
+    let j = jobs(&farm, Some(ADMIN))
         .await
         .get_job(pb::GetJobRequest { job_id: job })
         .await
@@ -155,9 +88,9 @@ async fn a_worker_token_cannot_pause_resume_or_retry() {
 #[tokio::test]
 async fn a_paused_job_is_not_leased_and_its_watch_goes_on() {
     let farm = start().await;
-    let mut c = jobs(&farm, CLIENT).await;
+    let mut c = jobs(&farm, Some(CLIENT)).await;
     let job = submit(&mut c, "").await.id;
-    let mut w = workers(&farm).await;
+    let mut w = workers(&farm, Some(WORKER)).await;
     let worker_id = w
         .register(pb::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -206,7 +139,7 @@ async fn a_paused_job_is_not_leased_and_its_watch_goes_on() {
     assert_eq!(seen.counts.unwrap().available, 2);
 
     // An admin may steer any job too.
-    let resumed = jobs(&farm, ADMIN)
+    let resumed = jobs(&farm, Some(ADMIN))
         .await
         .resume(pb::ResumeRequest {
             job_id: job.clone(),
@@ -254,13 +187,13 @@ async fn a_paused_job_is_not_leased_and_its_watch_goes_on() {
 #[tokio::test]
 async fn the_owner_of_a_job_is_the_token_name() {
     let farm = start().await;
-    let j = submit(&mut jobs(&farm, CLIENT).await, "mallory").await;
+    let j = submit(&mut jobs(&farm, Some(CLIENT)).await, "mallory").await;
     assert_eq!(j.owner, "alice", "a client cannot submit as someone else");
-    let j = submit(&mut jobs(&farm, ADMIN).await, "bob").await;
+    let j = submit(&mut jobs(&farm, Some(ADMIN)).await, "bob").await;
     assert_eq!(j.owner, "bob", "an admin may submit on behalf of an owner");
-    let j = submit(&mut jobs(&farm, ADMIN).await, "").await;
+    let j = submit(&mut jobs(&farm, Some(ADMIN)).await, "").await;
     assert_eq!(j.owner, "ops");
-    let e = jobs(&farm, ADMIN)
+    let e = jobs(&farm, Some(ADMIN))
         .await
         .submit(pb::SubmitRequest {
             sweep: SWEEP.into(),
