@@ -195,20 +195,20 @@ fn conds(
     clip_skip: usize,
     embeddings: &dyn EmbeddingLookup,
 ) -> Result<(Vec<(ScheduledCond, f64)>, ScheduledCond), EngineError> {
-    let encode = |text: &str| -> Result<ScheduledCond, EngineError> {
+    let encode = |text: &str, negative: bool| -> Result<ScheduledCond, EngineError> {
         let (ends, texts): (Vec<usize>, Vec<String>) = prompt_schedule(text, calls, hires, false)
             .into_iter()
             .unzip();
-        let (encoded, used) = pipeline.encode_texts(&texts, clip_skip, embeddings)?;
+        let (encoded, used) = pipeline.encode_texts_as(&texts, clip_skip, embeddings, negative)?;
         if hires.is_none() {
             embeddings.note_call(&used)?;
         }
         Ok(ends.into_iter().zip(encoded).collect())
     };
-    let uncond = encode(negative)?;
+    let uncond = encode(negative, true)?;
     let parts = composable::composable_parts(prompt)
         .into_iter()
-        .map(|(text, weight)| Ok((encode(&text)?, weight)))
+        .map(|(text, weight)| Ok((encode(&text, false)?, weight)))
         .collect::<Result<Vec<_>, EngineError>>()?;
     Ok((parts, uncond))
 }

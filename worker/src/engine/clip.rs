@@ -149,8 +149,19 @@ impl ClipLayers {
     /// The output of the first `count` layers, with the additive causal `mask`
     /// (`[batch, 1, seq, seq]`).
     pub fn forward_layers(&self, xs: &Tensor, mask: &Tensor, count: usize) -> Result<Tensor> {
+        self.forward_range(xs, mask, 0, count)
+    }
+
+    /// Layers `start..end` applied to `xs`, the output of layer `start - 1`.
+    pub fn forward_range(
+        &self,
+        xs: &Tensor,
+        mask: &Tensor,
+        start: usize,
+        end: usize,
+    ) -> Result<Tensor> {
         let mut xs = xs.clone();
-        for layer in self.layers.iter().take(count) {
+        for layer in self.layers.iter().take(end).skip(start) {
             xs = layer.forward(&xs, mask)?;
         }
         Ok(xs)

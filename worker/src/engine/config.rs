@@ -1,9 +1,9 @@
 //! Reading a diffusers folder's `config.json` files into candle's model configurations.
 //!
-//! Only what SD 1.x-style models use is accepted; anything that would make candle build a
-//! different network than the checkpoint describes (SDXL's added conditioning, class
-//! embeddings, asymmetric up blocks...) is refused with the offending key named, rather than
-//! loaded and rendered wrong.
+//! Only what SD 1.x, SD 2.x and SDXL models use is accepted; anything that would make sdfarm
+//! build a different network than the checkpoint describes (class embeddings, other added
+//! conditionings, asymmetric up blocks...) is refused with the offending key named, rather
+//! than loaded and rendered wrong.
 
 use std::path::{Path, PathBuf};
 
@@ -91,6 +91,26 @@ struct UNetJson {
     time_cond_proj_dim: Option<usize>,
     #[serde(default)]
     encoder_hid_dim: Option<usize>,
+    #[serde(default)]
+    addition_time_embed_dim: Option<usize>,
+    #[serde(default)]
+    projection_class_embeddings_input_dim: Option<usize>,
+    #[serde(default)]
+    mid_block_type: Option<String>,
+    #[serde(default)]
+    only_cross_attention: Option<Value>,
+    #[serde(default)]
+    dual_cross_attention: Option<bool>,
+    #[serde(default)]
+    resnet_time_scale_shift: Option<String>,
+    #[serde(default)]
+    reverse_transformer_layers_per_block: Option<Value>,
+    #[serde(default)]
+    time_embedding_type: Option<String>,
+    #[serde(default)]
+    class_embeddings_concat: Option<bool>,
+    #[serde(default)]
+    attention_type: Option<String>,
 }
 
 fn default_groups() -> usize {
@@ -109,12 +129,31 @@ fn default_one_f() -> f64 {
     1.0
 }
 
+/// SDXL's added conditioning (`addition_embed_type = "text_time"`): the six size/crop time
+/// ids, each embedded sinusoidally `time_embed_dim` wide, concatenated after the pooled text
+/// embedding; the `input_dim`-wide result goes through `add_embedding` and is added to the
+/// timestep embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTimeEmbedding {
+    pub time_embed_dim: usize,
+    pub input_dim: usize,
+}
+
+impl TextTimeEmbedding {
+    /// Width of the pooled text embedding this UNet expects.
+    pub fn pooled_dim(&self) -> usize {
+        self.input_dim.saturating_sub(6 * self.time_embed_dim)
+    }
+}
+
 /// Everything needed to build the UNet.
 #[derive(Debug, Clone)]
 pub struct UNetSettings {
     pub in_channels: usize,
     pub out_channels: usize,
     pub config: UNet2DConditionModelConfig,
+    /// SDXL's pooled-text and size conditioning, `None` for SD 1.x / 2.x.
+    pub text_time: Option<TextTimeEmbedding>,
 }
 
 /// `unet/config.json` → candle's UNet configuration.
@@ -123,16 +162,74 @@ pub fn unet_settings(path: &Path) -> Result<UNetSettings, EngineError> {
     let unsupported = |key: &str, value: &dyn std::fmt::Debug| {
         EngineError::invalid_model(
             path,
-            format!("{key} = {value:?} is not supported (SD 1.x-style UNets only)"),
+            format!("{key} = {value:?} is not supported (SD 1.x, SD 2.x and SDXL UNets only)"),
         )
     };
-    for (key, value) in [
-        ("addition_embed_type", &json.addition_embed_type),
-        ("class_embed_type", &json.class_embed_type),
-    ] {
-        if value.is_some() {
-            return Err(unsupported(key, value));
+    if json.class_embed_type.is_some() {
+        return Err(unsupported("class_embed_type", &json.class_embed_type));
+    }
+    let text_time = match json.addition_embed_type.as_deref() {
+        None => None,
+        Some("text_time") => {
+            let need = |key: &str, v: Option<usize>| {
+                v.filter(|&v| v > 0).ok_or_else(|| {
+                    EngineError::invalid_model(
+                        path,
+                        format!("addition_embed_type \"text_time\" needs a positive {key}"),
+                    )
+                })
+            };
+            let t = TextTimeEmbedding {
+                time_embed_dim: need("addition_time_embed_dim", json.addition_time_embed_dim)?,
+                input_dim: need(
+                    "projection_class_embeddings_input_dim",
+                    json.projection_class_embeddings_input_dim,
+                )?,
+            };
+            if t.input_dim <= 6 * t.time_embed_dim {
+                return Err(unsupported(
+                    "projection_class_embeddings_input_dim",
+                    &t.input_dim,
+                ));
+            }
+            Some(t)
         }
+        Some(other) => return Err(unsupported("addition_embed_type", &other)),
+    };
+    let refuse_unless = |key: &str, value: &Option<String>, ok: &[&str]| match value {
+        Some(v) if !ok.contains(&v.as_str()) => Err(unsupported(key, v)),
+        _ => Ok(()),
+    };
+    refuse_unless(
+        "mid_block_type",
+        &json.mid_block_type,
+        &["UNetMidBlock2DCrossAttn"],
+    )?;
+    refuse_unless(
+        "resnet_time_scale_shift",
+        &json.resnet_time_scale_shift,
+        &["default"],
+    )?;
+    refuse_unless(
+        "time_embedding_type",
+        &json.time_embedding_type,
+        &["positional"],
+    )?;
+    refuse_unless("attention_type", &json.attention_type, &["default"])?;
+    if json.dual_cross_attention == Some(true) {
+        return Err(unsupported("dual_cross_attention", &true));
+    }
+    if json.class_embeddings_concat == Some(true) {
+        return Err(unsupported("class_embeddings_concat", &true));
+    }
+    match &json.only_cross_attention {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Array(v)) if v.iter().all(|b| b == &Value::Bool(false)) => {}
+        Some(other) => return Err(unsupported("only_cross_attention", other)),
+    }
+    match &json.reverse_transformer_layers_per_block {
+        None | Some(Value::Null) => {}
+        Some(other) => return Err(unsupported("reverse_transformer_layers_per_block", other)),
     }
     if json.time_cond_proj_dim.is_some() {
         return Err(unsupported("time_cond_proj_dim", &json.time_cond_proj_dim));
@@ -206,6 +303,7 @@ pub fn unet_settings(path: &Path) -> Result<UNetSettings, EngineError> {
             sliced_attention_size: None,
             use_linear_projection: json.use_linear_projection,
         },
+        text_time,
     })
 }
 

@@ -27,6 +27,7 @@ pub mod prompt_parser;
 pub mod resample;
 pub mod sampler;
 pub mod schedule;
+pub mod sdxl;
 pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;

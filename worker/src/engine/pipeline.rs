@@ -1,4 +1,4 @@
-//! sdfarm's txt2img pipeline over a diffusers-layout SD 1.x folder.
+//! sdfarm's txt2img pipeline over a diffusers-layout SD 1.x, SD 2.x or SDXL folder.
 //!
 //! The stages are public so parity tests can check each one against diffusers' intermediate
 //! tensors: [`Pipeline::encode_prompt`] (CLIP hidden states), [`Pipeline::sample`] (the sampler
@@ -16,23 +16,28 @@ use super::config::{self, VaeSettings};
 use super::sampler::{DdimVariant, NoiseFn, Sampler, SamplerOptions};
 use super::schedule::DiscreteSchedule;
 use super::scheduler::{self, ScheduleOverrides, ScheduleType};
+use super::sdxl::{self, SecondEncoder};
 use super::text_encoder::TextEncoder;
 use super::tokenizer::PromptTokenizer;
-use super::tokenizer::END_OF_TEXT;
 use super::unet::UNet;
 use super::unipc::UniPcOptions;
 use super::vae_encoder::VaeEncoder;
 use super::EngineError;
 
+mod parts;
 mod sampling;
 mod unipc;
 
-/// A loaded SD 1.x model: tokenizer, text encoder, UNet, VAE and training schedule.
+pub use parts::{PartWeights, PipelineParts};
+
+/// A loaded model: tokenizer, text encoder(s), UNet, VAE and training schedule.
 pub struct Pipeline {
     dir: PathBuf,
     device: Device,
     tokenizer: PromptTokenizer,
     text_encoder: TextEncoder,
+    /// SDXL's second text encoder; its presence makes the pipeline an SDXL one.
+    text_encoder_2: Option<SecondEncoder>,
     unet: UNet,
     unet_in_channels: usize,
     vae: AutoEncoderKL,
@@ -70,6 +75,9 @@ pub struct SampleSettings {
     pub ddim: DdimVariant,
     /// UniPC's order and variant when [`Sampler::UniPc`] runs (A1111's defaults otherwise).
     pub unipc: UniPcOptions,
+    /// Sigmas (with the trailing 0) a sigma-based sampler runs over instead of the schedule
+    /// type's, e.g. a diffusers scheduler's for parity checks.
+    pub explicit_sigmas: Option<Vec<f32>>,
 }
 
 impl SampleSettings {
@@ -84,11 +92,22 @@ impl SampleSettings {
             overrides: ScheduleOverrides::default(),
             ddim: DdimVariant::A1111,
             unipc: UniPcOptions::default(),
+            explicit_sigmas: None,
         }
     }
 
     /// The sigmas a sigma-based sampler runs over (A1111's `get_sigmas`).
     pub fn sigmas(&self, schedule: &DiscreteSchedule) -> Result<Vec<f32>, EngineError> {
+        if let Some(sigmas) = &self.explicit_sigmas {
+            if sigmas.len() < 2 {
+                return Err(EngineError::param(
+                    "sigmas",
+                    sigmas.len(),
+                    "at least one step (two sigmas)",
+                ));
+            }
+            return Ok(sigmas.clone());
+        }
         scheduler::sampler_sigmas(
             self.sampler,
             self.schedule_type,
@@ -160,23 +179,22 @@ impl Pipeline {
             config::clip_activation(&clip_config_path)?,
         )
         .map_err(|e| EngineError::invalid_model(&clip_weights, e.to_string()))?;
+        let text_encoder_2 = SecondEncoder::load_folder(dir, &device, load_weights)?;
 
         let unet_settings = config::unet_settings(&dir.join("unet/config.json"))?;
-        if unet_settings.config.cross_attention_dim != clip_config.embed_dim {
-            return Err(EngineError::invalid_model(
-                dir,
-                format!(
-                    "unet cross_attention_dim {} does not match the text encoder's hidden_size {}",
-                    unet_settings.config.cross_attention_dim, clip_config.embed_dim
-                ),
-            ));
-        }
+        parts::check_text_widths(
+            dir,
+            &unet_settings,
+            clip_config.embed_dim,
+            text_encoder_2.as_ref(),
+        )?;
         let unet_weights = dir.join("unet/diffusion_pytorch_model.safetensors");
         let unet = UNet::new(
             load_weights(&unet_weights, &device)?,
             unet_settings.in_channels,
             unet_settings.out_channels,
             &unet_settings.config,
+            unet_settings.text_time,
         )
         .map_err(|e| EngineError::invalid_model(&unet_weights, e.to_string()))?;
 
@@ -232,86 +250,10 @@ impl Pipeline {
             device,
             tokenizer,
             text_encoder,
+            text_encoder_2,
             unet,
             unet_in_channels: unet_settings.in_channels,
             vae,
-            vae_encoder,
-            vae_settings,
-            schedule,
-            prediction,
-        })
-    }
-
-    /// Builds a pipeline from networks whose weights and settings were gathered elsewhere,
-    /// e.g. from a single A1111 checkpoint by `crate::models`. Checks the same consistency as
-    /// [`Pipeline::load_on`].
-    pub fn from_parts(parts: PipelineParts<'_>, device: Device) -> Result<Self, EngineError> {
-        let PipelineParts {
-            origin,
-            tokenizer,
-            clip_config,
-            clip_layer_norm_eps,
-            clip,
-            unet_settings,
-            unet,
-            vae_settings,
-            vae,
-            schedule,
-            prediction,
-        } = parts;
-        if unet_settings.config.cross_attention_dim != clip_config.embed_dim {
-            return Err(EngineError::invalid_model(
-                &origin,
-                format!(
-                    "unet cross_attention_dim {} does not match the text encoder's width {}",
-                    unet_settings.config.cross_attention_dim, clip_config.embed_dim
-                ),
-            ));
-        }
-        if vae_settings.config.latent_channels != unet_settings.in_channels
-            || unet_settings.in_channels != unet_settings.out_channels
-        {
-            return Err(EngineError::invalid_model(
-                &origin,
-                format!(
-                    "vae latent_channels {} / unet in_channels {} / out_channels {} disagree \
-                     (txt2img models have them all equal)",
-                    vae_settings.config.latent_channels,
-                    unet_settings.in_channels,
-                    unet_settings.out_channels
-                ),
-            ));
-        }
-        let text_encoder = TextEncoder::new(clip.vb.clone(), &clip_config, clip_layer_norm_eps)
-            .map_err(|e| clip.error(e))?;
-        let unet_model = UNet::new(
-            unet.vb.clone(),
-            unet_settings.in_channels,
-            unet_settings.out_channels,
-            &unet_settings.config,
-        )
-        .map_err(|e| unet.error(e))?;
-        let vae_model = AutoEncoderKL::new(
-            vae.vb.clone(),
-            vae_settings.in_channels,
-            vae_settings.out_channels,
-            vae_settings.config.clone(),
-        )
-        .map_err(|e| vae.error(e))?;
-        let vae_encoder = VaeEncoder::new(
-            vae.vb.clone(),
-            vae_settings.in_channels,
-            &vae_settings.config,
-        )
-        .map_err(|e| vae.error(e))?;
-        Ok(Pipeline {
-            dir: origin,
-            device,
-            tokenizer,
-            text_encoder,
-            unet: unet_model,
-            unet_in_channels: unet_settings.in_channels,
-            vae: vae_model,
             vae_encoder,
             vae_settings,
             schedule,
@@ -338,6 +280,23 @@ impl Pipeline {
 
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
+    }
+
+    /// Whether this is an SDXL pipeline (two text encoders, pooled and size conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.text_encoder_2.is_some()
+    }
+
+    /// Splits an encoded prompt into the token context `[B, n, dim]` and, for SDXL, the
+    /// pooled text embedding `[B, p]` (see [`sdxl::pack`]).
+    pub fn split_cond(&self, cond: &Tensor) -> Result<(Tensor, Option<Tensor>), EngineError> {
+        match self.unet.pooled_dim() {
+            Some(p) if self.is_sdxl() => {
+                let (context, pooled) = sdxl::unpack(cond, p)?;
+                Ok((context, Some(pooled)))
+            }
+            _ => Ok((cond.clone(), None)),
+        }
     }
 
     /// Number of CLIP layers, the upper bound for clip skip.
@@ -411,6 +370,19 @@ impl Pipeline {
         clip_skip: usize,
         embeddings: &dyn EmbeddingLookup,
     ) -> Result<(Vec<Tensor>, Vec<String>), EngineError> {
+        self.encode_texts_as(texts, clip_skip, embeddings, false)
+    }
+
+    /// [`Pipeline::encode_texts`] for the positive (`negative = false`) or negative prompt.
+    /// An SDXL negative prompt whose texts are all empty encodes to zeros, as A1111's
+    /// `force_zero_negative_prompt` does.
+    pub fn encode_texts_as(
+        &self,
+        texts: &[String],
+        clip_skip: usize,
+        embeddings: &dyn EmbeddingLookup,
+        negative: bool,
+    ) -> Result<(Vec<Tensor>, Vec<String>), EngineError> {
         let tokenized = texts
             .iter()
             .map(|t| Ok(conditioning::tokenize_line_with(&self.tokenizer, t, embeddings)?.0))
@@ -424,6 +396,13 @@ impl Pipeline {
             .iter()
             .map(|chunks| self.encode_chunks(chunks, clip_skip, embeddings))
             .collect::<Result<Vec<_>, EngineError>>()?;
+        if negative && self.is_sdxl() && texts.iter().all(|t| t.is_empty()) {
+            let zeros = encoded
+                .iter()
+                .map(|e| e.zeros_like())
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok((zeros, used));
+        }
         Ok((encoded, used))
     }
 
@@ -433,16 +412,13 @@ impl Pipeline {
         clip_skip: usize,
         embeddings: &dyn EmbeddingLookup,
     ) -> Result<Tensor, EngineError> {
+        if let Some(second) = &self.text_encoder_2 {
+            return self.encode_chunks_sdxl(second, chunks, embeddings);
+        }
         let mut encoded = Vec::with_capacity(chunks.len());
         for chunk in chunks {
-            let mut ids = chunk.tokens.clone();
             // SD 2.x pads with a different id after the first end token.
-            let pad = self.tokenizer.pad_id();
-            if pad != END_OF_TEXT {
-                if let Some(end) = ids.iter().position(|&t| t == END_OF_TEXT) {
-                    ids[end + 1..].iter_mut().for_each(|t| *t = pad);
-                }
-            }
+            let ids = sdxl::pad_after_end(&chunk.tokens, self.tokenizer.pad_id());
             let len = ids.len();
             let ids = Tensor::from_vec(ids, (1, len), &self.device)?;
             let vectors = chunk
@@ -465,6 +441,49 @@ impl Pipeline {
             });
         }
         Ok(Tensor::cat(&encoded, 1)?)
+    }
+
+    /// SDXL's [`Pipeline::encode_chunks`]: both encoders per chunk, the pooled embedding
+    /// of the first chunk, packed into one tensor (see [`sdxl`]).
+    fn encode_chunks_sdxl(
+        &self,
+        second: &SecondEncoder,
+        chunks: &[conditioning::PromptChunk],
+        embeddings: &dyn EmbeddingLookup,
+    ) -> Result<Tensor, EngineError> {
+        let mut contexts = Vec::with_capacity(chunks.len());
+        let mut first_pooled = None;
+        for chunk in chunks {
+            let vectors = |width: usize| {
+                chunk
+                    .fixes
+                    .iter()
+                    .map(|f| Ok((f.offset, embeddings.vectors(&f.name, width)?)))
+                    .collect::<Result<Vec<_>, EngineError>>()
+            };
+            let weigh = |z: Tensor| {
+                if chunk.unweighted() {
+                    Ok(z)
+                } else {
+                    emphasize(&z, &chunk.multipliers)
+                }
+            };
+            let (context, pooled) = sdxl::encode_chunk(
+                &self.text_encoder,
+                second,
+                &chunk.tokens,
+                &vectors(self.text_encoder.width())?,
+                &vectors(second.encoder.width())?,
+                &self.device,
+                &weigh,
+            )?;
+            contexts.push(context);
+            first_pooled.get_or_insert(pooled);
+        }
+        let pooled = first_pooled.ok_or_else(|| {
+            EngineError::param("prompt", "(no chunks)", "at least one token chunk")
+        })?;
+        sdxl::pack(&Tensor::cat(&contexts, 1)?, &pooled)
     }
 
     /// Embeddings for each entry of a prompt's schedule over `steps` model-call steps.
@@ -563,35 +582,4 @@ pub fn decoded_to_rgb8(decoded: &Tensor) -> Result<(u32, u32, Vec<u8>), EngineEr
         })
         .collect();
     Ok((width as u32, height as u32, rgb))
-}
-
-/// One network's weights for [`Pipeline::from_parts`].
-pub struct PartWeights<'a> {
-    pub vb: VarBuilder<'a>,
-    /// The file the tensors came from, named in errors.
-    pub source: PathBuf,
-    /// Which network of that file ("unet", "vae", "text encoder"), for single-file models.
-    pub label: &'static str,
-}
-
-impl PartWeights<'_> {
-    fn error(&self, e: candle_core::Error) -> EngineError {
-        EngineError::invalid_model(&self.source, format!("{}: {e}", self.label))
-    }
-}
-
-/// Everything a [`Pipeline`] is made of, however the weights were stored.
-pub struct PipelineParts<'a> {
-    /// Where the model came from: reported by [`Pipeline::dir`].
-    pub origin: PathBuf,
-    pub tokenizer: PromptTokenizer,
-    pub clip_config: candle_transformers::models::clip::text_model::ClipTextConfig,
-    pub clip_layer_norm_eps: f64,
-    pub clip: PartWeights<'a>,
-    pub unet_settings: config::UNetSettings,
-    pub unet: PartWeights<'a>,
-    pub vae_settings: VaeSettings,
-    pub vae: PartWeights<'a>,
-    pub schedule: DiscreteSchedule,
-    pub prediction: Prediction,
 }

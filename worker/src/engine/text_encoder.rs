@@ -100,6 +100,50 @@ impl TextEncoder {
         clip_skip: usize,
         fixes: &[(usize, Tensor)],
     ) -> candle_core::Result<Tensor> {
+        let layers = self.encoder.len();
+        let count = layers + 1 - clip_skip.max(1).min(layers);
+        let hidden = self.hidden_states(ids, count, fixes)?;
+        self.final_layer_norm.forward(&hidden)
+    }
+
+    /// transformers' `hidden_states[count]`: the output of the first `count` layers, without
+    /// the final layer norm, with textual-inversion vectors as in
+    /// [`TextEncoder::forward_with_vectors`].
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        count: usize,
+        fixes: &[(usize, Tensor)],
+    ) -> candle_core::Result<Tensor> {
+        let (xs, mask) = self.embed(ids, fixes)?;
+        self.encoder.forward_range(&xs, &mask, 0, count)
+    }
+
+    /// SDXL's use of an encoder, in one pass: `hidden_states[-2]` (no final norm) and the
+    /// last layer's output after the final layer norm.
+    pub fn penultimate_and_last(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, Tensor)],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (xs, mask) = self.embed(ids, fixes)?;
+        let layers = self.encoder.len();
+        let penultimate = self
+            .encoder
+            .forward_range(&xs, &mask, 0, layers.saturating_sub(1))?;
+        let last =
+            self.encoder
+                .forward_range(&penultimate, &mask, layers.saturating_sub(1), layers)?;
+        Ok((penultimate, self.final_layer_norm.forward(&last)?))
+    }
+
+    /// Token embeddings (with textual-inversion vectors) plus position embeddings, and the
+    /// causal mask.
+    fn embed(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, Tensor)],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let (batch, seq) = ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, ids.device())?.unsqueeze(0)?;
         let mut tokens = self.token_embedding.forward(ids)?;
@@ -129,10 +173,7 @@ impl TextEncoder {
         }
         let xs = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(batch, seq, ids.device())?;
-        let layers = self.encoder.len();
-        let count = layers + 1 - clip_skip.max(1).min(layers);
-        let hidden = self.encoder.forward_layers(&xs, &mask, count)?;
-        self.final_layer_norm.forward(&hidden)
+        Ok((xs, mask))
     }
 }
 

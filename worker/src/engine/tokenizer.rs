@@ -2,7 +2,9 @@
 //!
 //! The project carries the real CLIP BPE tokenizer (`assets/clip-tokenizer.json`, the
 //! `tokenizers` serialisation of `CLIPTokenizerFast`), so a model folder without a `tokenizer/`
-//! still renders. A folder's own `tokenizer/tokenizer.json` wins when present.
+//! still renders. A folder's own `tokenizer/tokenizer.json` wins when present; a folder with
+//! only the slow tokenizer's `vocab.json` + `merges.txt` (SDXL's) gets CLIP's normalizer,
+//! pre-tokenizer and start/end post-processor around its own vocabulary and merges.
 //!
 //! The fast tokenizer adds `<|startoftext|>`/`<|endoftext|>` through its post-processor but does
 //! not pad, so padding and truncation happen here, the way `CLIPTokenizer(padding="max_length",
@@ -44,9 +46,22 @@ impl PromptTokenizer {
     /// The pad token comes from `tokenizer/tokenizer_config.json` when it names one: SD 2.x
     /// tokenizers pad with `!` (id 0) rather than `<|endoftext|>`.
     pub fn for_model(model_dir: &Path) -> Result<Self, EngineError> {
-        let dir = model_dir.join("tokenizer");
+        Self::from_dir(&model_dir.join("tokenizer"))
+    }
+
+    /// The tokenizer of one tokenizer folder (`tokenizer/`, `tokenizer_2/`): its
+    /// `tokenizer.json`, else its `vocab.json` + `merges.txt`, else the embedded one; the pad
+    /// token from its `tokenizer_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, EngineError> {
+        let dir = dir.to_path_buf();
         let json = dir.join("tokenizer.json");
-        let mut tokenizer = if json.is_file() {
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let mut tokenizer = if !json.is_file() && vocab.is_file() && merges.is_file() {
+            PromptTokenizer {
+                inner: from_vocab_and_merges(&vocab, &merges)?,
+                pad_id: END_OF_TEXT,
+            }
+        } else if json.is_file() {
             let inner = Tokenizer::from_file(&json).map_err(|e| {
                 EngineError::invalid_model(&json, format!("cannot load tokenizer.json: {e}"))
             })?;
@@ -111,6 +126,61 @@ impl PromptTokenizer {
         ids.resize(CONTEXT_LEN, self.pad_id);
         Ok(ids)
     }
+}
+
+/// A CLIP tokenizer with the embedded one's normalizer, pre-tokenizer and post-processor
+/// around the BPE vocabulary and merges of a slow `CLIPTokenizer` folder.
+fn from_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<Tokenizer, EngineError> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| EngineError::io(path, e));
+    let vocab_json: serde_json::Value = serde_json::from_slice(&read(vocab)?)
+        .map_err(|e| EngineError::invalid_model(vocab, format!("not valid JSON: {e}")))?;
+    let Some(map) = vocab_json.as_object() else {
+        return Err(EngineError::invalid_model(
+            vocab,
+            "expected a token → id object",
+        ));
+    };
+    let merges_text = String::from_utf8(read(merges)?)
+        .map_err(|_| EngineError::invalid_model(merges, "not UTF-8 text"))?;
+    let mut pairs = Vec::new();
+    for (i, line) in merges_text.lines().enumerate() {
+        if (i == 0 && line.starts_with("#version")) || line.is_empty() {
+            continue;
+        }
+        let Some((a, b)) = line.split_once(' ') else {
+            return Err(EngineError::invalid_model(
+                merges,
+                format!("line {} is not a pair of symbols: {line:?}", i + 1),
+            ));
+        };
+        pairs.push(serde_json::json!([a, b]));
+    }
+    let id = |token: &str| {
+        map.get(token).and_then(|v| v.as_u64()).ok_or_else(|| {
+            EngineError::invalid_model(vocab, format!("the vocabulary has no {token:?}"))
+        })
+    };
+    let (start, end) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+    let mut json: serde_json::Value = serde_json::from_slice(BUILTIN_TOKENIZER_JSON)
+        .map_err(|e| EngineError::Tokenizer(format!("embedded CLIP tokenizer: {e}")))?;
+    json["model"]["vocab"] = vocab_json.clone();
+    json["model"]["merges"] = serde_json::Value::Array(pairs);
+    json["post_processor"]["cls"] = serde_json::json!(["<|startoftext|>", start]);
+    json["post_processor"]["sep"] = serde_json::json!(["<|endoftext|>", end]);
+    if let Some(added) = json["added_tokens"].as_array_mut() {
+        for token in added {
+            let content = token["content"].as_str().unwrap_or_default().to_string();
+            token["id"] = serde_json::json!(id(&content)?);
+        }
+    }
+    let bytes = serde_json::to_vec(&json)
+        .map_err(|e| EngineError::Tokenizer(format!("building a tokenizer: {e}")))?;
+    Tokenizer::from_bytes(bytes).map_err(|e| {
+        EngineError::invalid_model(
+            vocab,
+            format!("cannot build a tokenizer from vocab.json and merges.txt: {e}"),
+        )
+    })
 }
 
 /// Reads `pad_token` from a transformers `tokenizer_config.json`, which stores it either as a

@@ -1,4 +1,6 @@
-//! sdfarm's SD 1.x conditional UNet (diffusers `UNet2DConditionModel` layout and tensor names).
+//! sdfarm's conditional UNet (diffusers `UNet2DConditionModel` layout and tensor names) for
+//! SD 1.x, SD 2.x and SDXL (per-level transformer depth, levels without attention, and the
+//! `text_time` added conditioning: pooled text embedding plus size/crop time ids).
 //!
 //! candle ships a UNet, but its transformer feed-forward uses the tanh approximation of GELU
 //! where diffusers (and the original LDM code) use the exact erf form. The approximation moves
@@ -16,6 +18,8 @@ use candle_transformers::models::stable_diffusion::attention::CrossAttention;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
+
+use super::config::TextTimeEmbedding;
 
 /// `GEGLU` followed by the output projection, with the exact (erf) GELU.
 struct FeedForward {
@@ -178,11 +182,38 @@ impl Level {
 /// The configuration subset this UNet understands (see `config::unet_settings`).
 type UNetConfig = UNet2DConditionModelConfig;
 
-/// SD 1.x conditional UNet predicting noise from latents, a timestep and text embeddings.
+/// SDXL's `add_time_proj` + `add_embedding`.
+struct TextTimeEmbed {
+    time_proj: Timesteps,
+    embedding: TimestepEmbedding,
+    pooled_dim: usize,
+}
+
+impl TextTimeEmbed {
+    /// `pooled` `[B, pooled_dim]`, `time_ids` `[B, 6]` → `[B, time_dim]`.
+    fn forward(&self, pooled: &Tensor, time_ids: &Tensor) -> Result<Tensor> {
+        let batch = time_ids.dim(0)?;
+        let ids = time_ids.flatten_all()?;
+        let embedded = self.time_proj.forward(&ids)?.reshape((batch, ()))?;
+        let input = Tensor::cat(&[pooled, &embedded.to_dtype(pooled.dtype())?], D::Minus1)?;
+        self.embedding.forward(&input)
+    }
+}
+
+/// The SDXL conditioning besides the token context: pooled text embeddings `[B, pooled]`
+/// and time ids `[B, 6]` (original size, crop top-left, target size; heights first).
+pub struct AddedCond<'a> {
+    pub pooled: &'a Tensor,
+    pub time_ids: &'a Tensor,
+}
+
+/// Conditional UNet predicting noise (or velocity) from latents, a timestep and text
+/// embeddings.
 pub struct UNet {
     conv_in: nn::Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
+    text_time: Option<TextTimeEmbed>,
     down: Vec<Level>,
     mid: (ResnetBlock2D, Vec<(SpatialTransformer, ResnetBlock2D)>),
     up: Vec<Level>,
@@ -197,6 +228,7 @@ impl UNet {
         in_channels: usize,
         out_channels: usize,
         c: &UNetConfig,
+        text_time: Option<TextTimeEmbedding>,
     ) -> Result<Self> {
         let n = c.blocks.len();
         let channels: Vec<usize> = c.blocks.iter().map(|b| b.out_channels).collect();
@@ -343,6 +375,18 @@ impl UNet {
             conv_in: nn::conv2d(in_channels, channels[0], 3, padded, vb.pp("conv_in"))?,
             time_proj: Timesteps::new(channels[0], c.flip_sin_to_cos, c.freq_shift),
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), channels[0], time_dim)?,
+            text_time: match text_time {
+                None => None,
+                Some(t) => Some(TextTimeEmbed {
+                    time_proj: Timesteps::new(t.time_embed_dim, c.flip_sin_to_cos, c.freq_shift),
+                    embedding: TimestepEmbedding::new(
+                        vb.pp("add_embedding"),
+                        t.input_dim,
+                        time_dim,
+                    )?,
+                    pooled_dim: t.pooled_dim(),
+                }),
+            },
             down,
             mid,
             up,
@@ -360,6 +404,23 @@ impl UNet {
     /// Noise prediction for `xs` `[B, C, h, w]` at one timestep shared by the batch, with
     /// `context` `[B, 77, dim]`.
     pub fn forward(&self, xs: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, timestep, context, None)
+    }
+
+    /// Width of the pooled text embedding an SDXL UNet takes, `None` for SD 1.x / 2.x.
+    pub fn pooled_dim(&self) -> Option<usize> {
+        self.text_time.as_ref().map(|t| t.pooled_dim)
+    }
+
+    /// [`UNet::forward`] with SDXL's added conditioning, which an SDXL UNet requires and
+    /// other UNets refuse.
+    pub fn forward_with(
+        &self,
+        xs: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<AddedCond<'_>>,
+    ) -> Result<Tensor> {
         let batch = xs.dim(0)?;
         let xs = if self.center_input_sample {
             xs.affine(2.0, -1.0)?
@@ -370,6 +431,16 @@ impl UNet {
         let temb = self
             .time_embedding
             .forward(&self.time_proj.forward(&t)?.to_dtype(xs.dtype())?)?;
+        let temb = match (&self.text_time, added) {
+            (None, None) => temb,
+            (Some(embed), Some(added)) => (temb + embed.forward(added.pooled, added.time_ids)?)?,
+            (Some(_), None) => candle_core::bail!(
+                "this UNet (addition_embed_type \"text_time\") needs pooled text embeddings and time ids"
+            ),
+            (None, Some(_)) => {
+                candle_core::bail!("this UNet takes no pooled text embeddings or time ids")
+            }
+        };
 
         let mut xs = self.conv_in.forward(&xs)?;
         let mut skips = vec![xs.clone()];

@@ -138,6 +138,7 @@ impl ModelTensors {
                 clip_config: self.clip_config,
                 clip_layer_norm_eps: self.clip_layer_norm_eps,
                 clip,
+                clip_2: None,
                 unet_settings: self.unet_settings,
                 unet,
                 vae_settings: self.vae_settings,

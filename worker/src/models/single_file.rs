@@ -243,6 +243,7 @@ fn unet_settings(shapes: &Shapes) -> Result<UNetSettings, String> {
             sliced_attention_size: None,
             use_linear_projection: linear_projection,
         },
+        text_time: None,
     })
 }
 

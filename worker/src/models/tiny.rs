@@ -194,6 +194,7 @@ pub fn write_tiny_model(dir: &Path) -> Result<(), EngineError> {
             unet_settings.in_channels,
             unet_settings.out_channels,
             &unet_settings.config,
+            unet_settings.text_time,
         )
         .map(|_| ())
     })?;

@@ -6,10 +6,13 @@ use std::cell::RefCell;
 
 use candle_core::{IndexOp, Tensor};
 
+use super::super::batch;
 use super::super::composable;
 use super::super::conditioning;
 use super::super::kdiffusion;
 use super::super::sampler::{self, DdimVariant, NoiseFn, StepInfo};
+use super::super::sdxl;
+use super::super::unet::AddedCond;
 use super::super::EngineError;
 use super::{Pipeline, Prediction, SampleSettings, ScheduledCond, StepTrace};
 
@@ -132,33 +135,46 @@ impl Pipeline {
                 .zip(&cond_ends)
                 .map(|((c, _), ends)| c[conditioning::entry_for_call(ends, call)].1.clone())
                 .collect();
+            // SDXL conditionings carry a pooled embedding beside the token context.
+            let split = scheduled
+                .iter()
+                .map(|t| self.split_cond(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (contexts, pooled): (Vec<Tensor>, Vec<Option<Tensor>>) = split.into_iter().unzip();
             // AND parts of different chunk counts are padded to the longest, as A1111's
             // reconstruct_multicond_batch does.
-            let c = if scheduled.len() == 1 {
-                scheduled
+            let c = if contexts.len() == 1 {
+                contexts
             } else {
-                composable::pad_to_longest(&scheduled)?
+                composable::pad_to_longest(&contexts)?
             };
-            let u = &uncond[conditioning::entry_for_call(&uncond_ends, call)].1;
+            let (u, u_pooled) =
+                self.split_cond(&uncond[conditioning::entry_for_call(&uncond_ends, call)].1)?;
             // Batch order [uncond, cond…], as diffusers stacks them; prompts of different
             // chunk counts run as two batches, as A1111 does without padding.
             let parts = c.len();
             let out = if c[0].dim(1)? == u.dim(1)? {
                 let mut context = vec![u.clone()];
                 context.extend(c.iter().cloned());
+                let mut all_pooled = vec![u_pooled];
+                all_pooled.extend(pooled);
                 let context = Tensor::cat(&context, 0)?;
                 let batch = Tensor::cat(&vec![model_input; parts + 1], 0)?;
-                self.unet.forward(&batch, timestep, &context)?
+                self.run_unet(&batch, timestep, &context, &all_pooled)?
             } else {
-                let out_u = self.unet.forward(model_input, timestep, u)?;
+                let out_u = self.run_unet(model_input, timestep, &u, &[u_pooled])?;
                 let context = Tensor::cat(&c, 0)?;
                 let batch = Tensor::cat(&vec![model_input; parts], 0)?;
-                let out_c = self.unet.forward(&batch, timestep, &context)?;
+                let out_c = self.run_unet(&batch, timestep, &context, &pooled)?;
                 Tensor::cat(&[out_u, out_c], 0)?
             };
-            let out_uncond = out.i(0..1)?;
+            batch::note_unet_calls(if c[0].dim(1)? == u.dim(1)? { 1 } else { 2 });
+            // A batch of n images (see [`batch`]) has n rows per part: `[uncond × n,
+            // cond_1 × n, …]`, each image's rows in the same order.
+            let n = model_input.dim(0)?;
+            let out_uncond = out.i(0..n)?;
             let outs: Vec<Tensor> = (1..=parts)
-                .map(|i| out.i(i..i + 1))
+                .map(|i| out.i(i * n..(i + 1) * n))
                 .collect::<Result<_, _>>()?;
             let weighted: Vec<(&Tensor, f64)> =
                 outs.iter().zip(conds.iter().map(|(_, w)| *w)).collect();
@@ -243,6 +259,34 @@ impl Pipeline {
                     &mut on_step,
                 )
             }
+        }
+    }
+
+    /// One UNet evaluation of a batch; for SDXL with the batch's pooled embeddings (one per
+    /// image, `[1, p]` each) and time ids for the batch's size in pixels.
+    fn run_unet(
+        &self,
+        batch: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        pooled: &[Option<Tensor>],
+    ) -> Result<Tensor, EngineError> {
+        let pooled: Option<Vec<Tensor>> = pooled.iter().cloned().collect();
+        match pooled {
+            Some(pooled) if !pooled.is_empty() => {
+                let (n, _, h, w) = batch.dims4()?;
+                let f = self.latent_downscale();
+                let time_ids = sdxl::time_ids(n, h * f, w * f, batch.device())?;
+                let pooled = Tensor::cat(&pooled, 0)?;
+                let added = AddedCond {
+                    pooled: &pooled,
+                    time_ids: &time_ids,
+                };
+                Ok(self
+                    .unet
+                    .forward_with(batch, timestep, context, Some(added))?)
+            }
+            _ => Ok(self.unet.forward(batch, timestep, context)?),
         }
     }
 
