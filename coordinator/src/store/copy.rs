@@ -4,6 +4,7 @@
 use sdfarm_proto::RenderParams;
 use serde_json::Value;
 
+use super::delta::ParamsBase;
 use super::rows::attempts_to_sql;
 use super::{Millis, NewJob, NewTask};
 
@@ -31,59 +32,54 @@ pub(super) fn compact_params_json(params: &RenderParams) -> String {
 /// Accumulates `COPY … FROM STDIN` text rows and hands them out in chunks.
 pub(super) struct CopyRows {
     buf: Vec<u8>,
-    /// The columns every row of the job shares, already escaped: job id, then priority,
-    /// and the tail after the params (max attempts … owner).
+    /// Each row's parameters are written as a delta against the job's base.
+    base: ParamsBase,
+    params: Vec<u8>,
+    /// The columns every row of the job shares, already escaped: the job id, the columns
+    /// between image index and params, and those between params and output key, and
+    /// between output key and cell key.
     job_id: String,
-    priority: String,
-    max_attempts: String,
-    scheduled_at: String,
-    pool: String,
-    owner: String,
+    after_index: String,
+    after_params: String,
+    after_key: String,
 }
 
 impl CopyRows {
-    pub(super) fn new(job: &NewJob, now: Millis) -> CopyRows {
+    pub(super) fn new(job: &NewJob, now: Millis, base: ParamsBase) -> CopyRows {
         CopyRows {
             buf: Vec::with_capacity(CHUNK_BYTES + 4096),
+            base,
+            params: Vec::with_capacity(256),
             job_id: escape(&job.id),
-            priority: job.priority.to_string(),
-            max_attempts: attempts_to_sql(job.max_attempts).to_string(),
-            scheduled_at: now.to_string(),
-            pool: escape(&job.pool),
-            owner: escape(&job.owner),
+            after_index: format!("\t{}\t", job.priority),
+            after_params: format!("\t{}\t", attempts_to_sql(job.max_attempts)),
+            after_key: format!("\t{now}\t{}\t{}\t", escape(&job.pool), escape(&job.owner)),
         }
     }
 
-    /// Adds a row; returns a full chunk to send when the buffer is large enough.
+    /// Adds a row; returns a full chunk to send when the buffer is large enough. Columns as
+    /// in `COPY_TASKS`: job id, image index, priority, params, max attempts, output key,
+    /// scheduled at, pool, owner, cell key, model.
     pub(super) fn push(&mut self, task: &NewTask) -> Option<Vec<u8>> {
-        let params = escape(&compact_params_json(&task.params));
-        let key = escape(&task.output_key);
-        // Postgres keeps the model in its own column for the affinity indexes.
-        let model = escape(&task.params.model);
-        // `\N` is COPY's NULL: tasks of jobs that are not datasets have no cell key.
-        let cell_key = task.cell_key.as_deref().map(escape);
+        self.params.clear();
+        self.base.write_delta(&task.params, &mut self.params);
         let b = &mut self.buf;
-        for (i, field) in [
-            self.job_id.as_str(),
-            &task.image_index.to_string(),
-            &self.priority,
-            &params,
-            &self.max_attempts,
-            &key,
-            &self.scheduled_at,
-            &self.pool,
-            &self.owner,
-            cell_key.as_deref().unwrap_or("\\N"),
-            &model,
-        ]
-        .iter()
-        .enumerate()
-        {
-            if i > 0 {
-                b.push(b'\t');
-            }
-            b.extend_from_slice(field.as_bytes());
+        b.extend_from_slice(self.job_id.as_bytes());
+        b.push(b'\t');
+        b.extend_from_slice(task.image_index.to_string().as_bytes());
+        b.extend_from_slice(self.after_index.as_bytes());
+        escape_into(&self.params, b);
+        b.extend_from_slice(self.after_params.as_bytes());
+        escape_into(task.output_key.as_bytes(), b);
+        b.extend_from_slice(self.after_key.as_bytes());
+        // `\N` is COPY's NULL: tasks of jobs that are not datasets have no cell key.
+        match &task.cell_key {
+            Some(key) => escape_into(key.as_bytes(), b),
+            None => b.extend_from_slice(b"\\N"),
         }
+        b.push(b'\t');
+        // Postgres keeps the model in its own column for the affinity indexes.
+        escape_into(task.params.model.as_bytes(), b);
         b.push(b'\n');
         (b.len() >= CHUNK_BYTES)
             .then(|| std::mem::replace(b, Vec::with_capacity(CHUNK_BYTES + 4096)))
@@ -96,20 +92,27 @@ impl CopyRows {
 
 /// COPY text format: backslash, tab, newline and carriage return are escaped.
 fn escape(s: &str) -> String {
-    if !s.contains(['\\', '\t', '\n', '\r']) {
-        return s.to_string();
+    let mut out = Vec::with_capacity(s.len());
+    escape_into(s.as_bytes(), &mut out);
+    String::from_utf8(out).expect("escaping keeps UTF-8")
+}
+
+/// Appends `s` escaped for COPY text format to `out`.
+fn escape_into(s: &[u8], out: &mut Vec<u8>) {
+    let special = |c: &u8| matches!(c, b'\\' | b'\t' | b'\n' | b'\r');
+    if !s.iter().any(special) {
+        out.extend_from_slice(s);
+        return;
     }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
+    for &c in s {
         match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
             c => out.push(c),
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use sdfarm_proto::RenderParams;
 #[cfg(test)]
 mod conformance;
 mod copy;
+mod delta;
 mod postgres;
 mod provenance;
 mod rows;

@@ -13,6 +13,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
+use super::delta::ParamsBase;
 use super::rows::{
     attempts_to_sql, jobs_from_rows, lease_expired_reason, params_json, queue_counts_from_rows,
     AfterFailure, JobCountRow, QueueCountRow, TaskRow,
@@ -24,16 +25,27 @@ use super::{
 
 mod dataset;
 mod group;
-mod provenance;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// A task's full parameters: its delta laid over its job's base (see `store::delta`).
+macro_rules! task_params {
+    () => {
+        "COALESCE((SELECT (j.base_params::jsonb || tasks.params::jsonb)::text FROM jobs j \
+                   WHERE j.id = tasks.job_id AND j.base_params IS NOT NULL), tasks.params)"
+    };
+}
 
 /// Columns every task query returns, in `TaskRow`'s shape.
 macro_rules! task_columns {
     () => {
-        "id, job_id, image_index, priority, params::text AS params, state, attempt, \
+        concat!(
+            "id, job_id, image_index, priority, ",
+            task_params!(),
+            " AS params, state, attempt, \
          max_attempts, output_key, lease_owner, lease_expires_at, scheduled_at, sha256, \
          infotext, errors::text AS errors, finalized_at, pool"
+        )
     };
 }
 
@@ -59,6 +71,7 @@ macro_rules! jobs_with_counts {
 
 // After the column macros, which its queries use.
 mod fair;
+mod provenance;
 mod worker_sql;
 use worker_sql::RELEASE;
 
@@ -67,8 +80,9 @@ const LIST_JOBS: &str =
     jobs_with_counts!("SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT $1");
 
 const INSERT_JOB: &str = "INSERT INTO jobs \
-     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at, owner) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     (id, name, sweep, output_prefix, max_attempts, priority, created_at, finished_at, owner, \
+      base_params) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// One statement for the whole sweep: large jobs insert in a single round trip.
 const INSERT_TASKS: &str = "INSERT INTO tasks \
@@ -254,6 +268,7 @@ impl Store for PostgresStore {
             .bind(now)
             .bind(finished_at)
             .bind(&job.owner)
+            .bind(None::<String>)
             .execute(&mut *tx)
             .await?;
         let indexes: Vec<i64> = tasks.iter().map(|t| i64::from(t.image_index)).collect();
@@ -288,6 +303,13 @@ impl Store for PostgresStore {
         tasks: &mut (dyn Iterator<Item = NewTask> + Send),
         now: Millis,
     ) -> Result<u64> {
+        // The first task's parameters are the job's base; every task stores its difference.
+        let mut tasks = tasks.peekable();
+        let base = tasks.peek().map(|t| t.params.clone());
+        let base_json = base.as_ref().map(|b| ParamsBase::defaults().delta_json(b));
+        let base = base
+            .as_ref()
+            .map_or_else(ParamsBase::defaults, ParamsBase::new);
         let mut tx = self.pool.begin().await?;
         sqlx::query(INSERT_JOB)
             .bind(&job.id)
@@ -299,10 +321,11 @@ impl Store for PostgresStore {
             .bind(now)
             .bind(None::<Millis>)
             .bind(&job.owner)
+            .bind(base_json)
             .execute(&mut *tx)
             .await?;
         let mut copy = tx.copy_in_raw(COPY_TASKS).await?;
-        let mut rows = super::copy::CopyRows::new(job, now);
+        let mut rows = super::copy::CopyRows::new(job, now, base);
         let mut stored = 0u64;
         for task in tasks {
             stored += 1;

@@ -79,7 +79,7 @@ impl CompletedRow {
 
 /// Columns of a [`CompletedRow`], for both backends (Postgres casts `params` to text itself).
 macro_rules! completed_columns {
-    ($params:literal) => {
+    ($params:expr) => {
         concat!(
             "id, image_index, ",
             $params,

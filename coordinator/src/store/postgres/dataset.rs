@@ -3,13 +3,17 @@
 
 use futures::TryStreamExt;
 
-use super::{PostgresStore, COPY_TASKS, LOCK_JOB};
+use super::{PostgresStore, COPY_TASKS};
 use crate::store::copy::CopyRows;
+use crate::store::delta::ParamsBase;
 use crate::store::{DatasetCells, Millis, NewJob, NewTask, Result, StoreError};
 
 /// Index-only on `tasks_cell_key_idx`.
 const CELL_KEYS: &str = "SELECT cell_key FROM tasks WHERE job_id = $1 AND cell_key IS NOT NULL";
 const NEXT_INDEX: &str = "SELECT COALESCE(max(image_index) + 1, 0) FROM tasks WHERE job_id = $1";
+/// The job lock of the backend's lock order, with the base its tasks' parameters are
+/// stored against.
+const LOCK_JOB_BASE: &str = "SELECT base_params FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)";
 const UPDATE_SWEEP: &str = "UPDATE jobs SET sweep = $2 WHERE id = $1";
 /// New tasks make the job unfinished again, whatever it ended as.
@@ -55,20 +59,35 @@ pub(super) async fn extend(
 ) -> Result<u64> {
     let mut tx = store.pool.begin().await?;
     // The job lock orders this after (and before) any write that may finish the job.
-    let locked: Option<String> = sqlx::query_scalar(LOCK_JOB)
+    let base: Option<Option<String>> = sqlx::query_scalar(LOCK_JOB_BASE)
         .bind(&job.id)
         .fetch_optional(&mut *tx)
         .await?;
-    if locked.is_none() {
+    let Some(base) = base else {
         return Err(StoreError::JobNotFound(job.id.clone()));
-    }
+    };
+    // New tasks are stored against the base the job's first tasks were.
+    let base = match base {
+        Some(json) => {
+            ParamsBase::new(
+                &serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                    task_id: -1,
+                    reason: format!(
+                        "base parameters of job {} are not RenderParams JSON: {e}",
+                        job.id
+                    ),
+                })?,
+            )
+        }
+        None => ParamsBase::defaults(),
+    };
     sqlx::query(UPDATE_SWEEP)
         .bind(&job.id)
         .bind(&job.sweep)
         .execute(&mut *tx)
         .await?;
     let mut copy = tx.copy_in_raw(COPY_TASKS).await?;
-    let mut rows = CopyRows::new(job, now);
+    let mut rows = CopyRows::new(job, now, base);
     let mut stored = 0u64;
     for task in tasks {
         stored += 1;

@@ -7,7 +7,7 @@ use crate::store::Result;
 /// Walks `UNIQUE (job_id, image_index)`'s index from `$2` on.
 const COMPLETED_PAGE: &str = concat!(
     "SELECT ",
-    completed_columns!("params::text"),
+    completed_columns!(task_params!()),
     " FROM tasks WHERE job_id = $1 AND image_index > $2 AND state = 'completed' \
      ORDER BY image_index LIMIT $3"
 );
