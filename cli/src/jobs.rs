@@ -41,10 +41,13 @@ pub struct SubmitArgs {
 }
 
 /// Reads a sweep file and the request that submits it.
-pub fn submit_request(path: &PathBuf, name: Option<String>) -> anyhow::Result<pb::SubmitRequest> {
+pub async fn submit_request(
+    path: &PathBuf,
+    name: Option<String>,
+) -> anyhow::Result<pb::SubmitRequest> {
     let sweep = std::fs::read_to_string(path)
         .with_context(|| format!("reading sweep file {}", path.display()))?;
-    let sweep = crate::wildcards::bundle(path, &sweep)?;
+    let sweep = crate::wildcards::bundle(path, &sweep).await?;
     let format = match sdfarm_coordinator::spec::SweepFormat::from_path(path) {
         sdfarm_coordinator::spec::SweepFormat::Json => "json",
         sdfarm_coordinator::spec::SweepFormat::Toml => "toml",
@@ -63,7 +66,7 @@ pub fn submit_request(path: &PathBuf, name: Option<String>) -> anyhow::Result<pb
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut request = submit_request(&args.sweep, args.name)?;
+    let mut request = submit_request(&args.sweep, args.name).await?;
     request.owner = args
         .owner
         .or_else(|| std::env::var("USER").ok())

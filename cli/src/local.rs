@@ -31,7 +31,7 @@ pub struct RunArgs {
 /// The embedded farm: the same coordinator and worker as a distributed farm, in one
 /// process, talking gRPC over loopback, with SQLite and a local-folder object store.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let request = jobs::submit_request(&args.sweep, None)?;
+    let request = jobs::submit_request(&args.sweep, None).await?;
     // Refuse a bad sweep before anything starts.
     parse_sweep_file(&args.sweep, &request.sweep)?;
 
@@ -159,10 +159,10 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
-pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.sweep)
         .with_context(|| format!("reading sweep file {}", args.sweep.display()))?;
-    let text = crate::wildcards::bundle(&args.sweep, &text)?;
+    let text = crate::wildcards::bundle(&args.sweep, &text).await?;
     let spec = parse_sweep_file(&args.sweep, &text)?.resolved();
     let seed = expand::resolve_seed(spec.base.seed);
     if args.json {

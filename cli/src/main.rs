@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
     init_tracing(&cli.log, cli.log_json);
     let result = match cli.command {
         Command::Run(args) => local::run(args).await,
-        Command::Plan(args) => local::plan(args),
+        Command::Plan(args) => local::plan(args).await,
         Command::Info(args) => local::info(args),
         Command::Prompt(args) => prompt::prompt(args),
         Command::TinyModel { out } => local::tiny_model(&out),

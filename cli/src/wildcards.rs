@@ -6,15 +6,71 @@ use std::path::Path;
 use anyhow::Context;
 use sdfarm_coordinator::spec::{self, SweepFormat};
 use sdfarm_proto::v1 as pb;
+use sdfarm_worker::storage::OutputStore;
 
 use crate::jobs::JobClient;
 
-/// The sweep text with its `[wildcards] folder` files read in (relative to the sweep file),
-/// so the coordinator, wherever it runs, gets everything in the text.
-pub fn bundle(path: &Path, text: &str) -> anyhow::Result<String> {
+/// The sweep text with its `[wildcards] folder` files read in (relative to the sweep file, or
+/// from an object-store prefix such as `s3://bucket/wildcards`), so the coordinator, wherever
+/// it runs, gets everything in the text.
+pub async fn bundle(path: &Path, text: &str) -> anyhow::Result<String> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    spec::wildcards::bundle_folder(text, SweepFormat::from_path(path), dir)
-        .with_context(|| format!("{}", path.display()))
+    let format = SweepFormat::from_path(path);
+    let bundled = match spec::wildcards::folder_of(text, format) {
+        Some(url) if url.contains("://") => {
+            let copy = tempfile::tempdir().context("creating a folder for the wildcard files")?;
+            copy_prefix(&url, copy.path()).await?;
+            spec::wildcards::bundle_copy(text, format, copy.path())
+        }
+        _ => spec::wildcards::bundle_folder(text, format, dir),
+    };
+    bundled.with_context(|| format!("{}", path.display()))
+}
+
+/// Copies every `.txt` object under `url` to `dir`, keys relative to the prefix, so
+/// `__people/artists__` finds `people/artists.txt` as it would in a local folder.
+async fn copy_prefix(url: &str, dir: &Path) -> anyhow::Result<()> {
+    let problem = |what: String| anyhow::anyhow!("[wildcards] folder {url:?}: {what}");
+    // Opening a local store creates its folder; a wildcard folder is only read.
+    if let Some(local) = url.strip_prefix("file://") {
+        if !Path::new(local).is_dir() {
+            return Err(problem("no such prefix: the folder does not exist".into()));
+        }
+    }
+    let store = OutputStore::open(url).map_err(|e| problem(e.to_string()))?;
+    let keys = store
+        .list("")
+        .await
+        .map_err(|e| problem(format!("cannot list the prefix (is it reachable?): {e}")))?;
+    if keys.is_empty() {
+        return Err(problem("no such prefix: it holds no objects".into()));
+    }
+    // Keys come from the store; one with an empty or `..` segment would land outside `dir`.
+    let safe = |k: &str| k.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+    let texts: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.ends_with(".txt") && safe(k))
+        .collect();
+    if texts.is_empty() {
+        return Err(problem(format!(
+            "no .txt wildcard files under it ({} other objects, e.g. {:?})",
+            keys.len(),
+            keys[0]
+        )));
+    }
+    for key in texts {
+        let bytes = store
+            .get(key)
+            .await
+            .map_err(|e| problem(format!("reading {key}: {e}")))?;
+        let dest = dir.join(key);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    Ok(())
 }
 
 /// The dataset a sweep names, and the job that holds it.

@@ -256,7 +256,8 @@ pub enum BundleError {
 
 /// The sweep text with the wildcard files its prompts use read from `[wildcards] folder`
 /// (relative to `base_dir`, the sweep file's folder) into `[wildcards] files`, so the text
-/// alone says everything. A sweep without a folder is returned unchanged.
+/// alone says everything. A sweep without a folder is returned unchanged. An object-store
+/// folder (`s3://…`) is refused here: the client copies it first (see [`bundle_copy`]).
 ///
 /// Only the files the prompts reach (directly or through other files) are read. The text is
 /// re-serialised in its own format when something is added; keys and values are unchanged.
@@ -265,31 +266,64 @@ pub fn bundle_folder(
     format: SweepFormat,
     base_dir: &Path,
 ) -> std::result::Result<String, BundleError> {
-    let mut doc: serde_json::Value = match format {
-        SweepFormat::Toml => {
-            let table: toml::Table = match toml::from_str(text) {
-                Ok(t) => t,
-                // The parser's own error, with its line, comes from `parse_sweep`.
-                Err(_) => return Ok(text.to_string()),
-            };
-            serde_json::to_value(table).map_err(|e| BundleError::Other(e.to_string()))?
+    bundle_with(text, format, |folder| {
+        if folder.contains("://") {
+            return Err(BundleError::Other(format!(
+                "[wildcards] folder {folder:?}: an object-store prefix is read by the client \
+                 (`sdfarm plan`, `sdfarm submit`); give a local folder here"
+            )));
         }
-        SweepFormat::Json => match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(_) => return Ok(text.to_string()),
-        },
+        let dir = base_dir.join(folder);
+        let shown = dir.display().to_string();
+        Ok((dir, shown))
+    })
+}
+
+/// As [`bundle_folder`], for a sweep whose `[wildcards] folder` names an object-store prefix
+/// that the caller has copied to `copy` (keys relative to the prefix, `.txt` files only).
+/// Errors name the folder as written, not the copy.
+pub fn bundle_copy(
+    text: &str,
+    format: SweepFormat,
+    copy: &Path,
+) -> std::result::Result<String, BundleError> {
+    bundle_with(text, format, |folder| {
+        Ok((copy.to_path_buf(), folder.to_string()))
+    })
+}
+
+/// `[wildcards] folder` as written, if the sweep parses and sets one.
+pub fn folder_of(text: &str, format: SweepFormat) -> Option<String> {
+    match document(text, format)?.pointer("/wildcards/folder") {
+        Some(serde_json::Value::String(f)) => Some(f.clone()),
+        _ => None,
+    }
+}
+
+/// The sweep as JSON, or `None` when it does not parse (`parse_sweep` reports that, with its
+/// line).
+fn document(text: &str, format: SweepFormat) -> Option<serde_json::Value> {
+    match format {
+        SweepFormat::Toml => serde_json::to_value(toml::from_str::<toml::Table>(text).ok()?).ok(),
+        SweepFormat::Json => serde_json::from_str(text).ok(),
+    }
+}
+
+/// Bundles from the directory `locate` gives for the folder as written (with the name that
+/// errors show for it).
+fn bundle_with(
+    text: &str,
+    format: SweepFormat,
+    locate: impl FnOnce(&str) -> std::result::Result<(std::path::PathBuf, String), BundleError>,
+) -> std::result::Result<String, BundleError> {
+    let Some(mut doc) = document(text, format) else {
+        return Ok(text.to_string());
     };
     let folder = match doc.pointer("/wildcards/folder") {
         Some(serde_json::Value::String(f)) => f.clone(),
         _ => return Ok(text.to_string()),
     };
-    if folder.contains("://") {
-        return Err(BundleError::Other(format!(
-            "[wildcards] folder {folder:?}: object-store prefixes are not supported yet; \
-             give a local folder"
-        )));
-    }
-    let dir = base_dir.join(&folder);
+    let (dir, shown) = locate(&folder)?;
     let prompt = |key: &str| {
         doc.get(key)
             .and_then(|v| v.as_str())
@@ -334,7 +368,7 @@ pub fn bundle_folder(
                 }
             }
         },
-        &|name| format!("{} not found in folder {}", file_name(name), dir.display()),
+        &|name| format!("{} not found in folder {shown}", file_name(name)),
     );
     if let Some(e) = io_error {
         return Err(e);
