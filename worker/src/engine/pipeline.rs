@@ -28,7 +28,7 @@ mod parts;
 mod sampling;
 mod unipc;
 
-pub use parts::{PartWeights, PipelineParts};
+pub use parts::{PartWeights, PipelineParts, SecondClipParts};
 
 /// A loaded model: tokenizer, text encoder(s), UNet, VAE and training schedule.
 pub struct Pipeline {

@@ -80,6 +80,13 @@ impl ModelTensors {
     }
 
     fn read_folder(dir: &Path, device: &Device) -> Result<Self, EngineError> {
+        if dir.join("text_encoder_2").is_dir() {
+            return Err(EngineError::invalid_model(
+                dir,
+                "this is an SDXL folder; LoRA networks merge into SD 1.x / 2.x models only so \
+                 far (render without <lora:…>)",
+            ));
+        }
         let clip_json = dir.join("text_encoder/config.json");
         let files = [
             (Part::TextEncoder, "text_encoder/model.safetensors"),

@@ -30,6 +30,8 @@ impl Part {
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+/// SDXL's first text encoder (CLIP ViT-L, transformers naming) in an SGM checkpoint.
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
 
 /// Where one stored tensor goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +69,10 @@ pub fn map_keys<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> KeyMap {
             }))
         } else if let Some(rest) = key.strip_prefix(VAE_PREFIX) {
             Some(map_vae(rest, &decoder_levels))
-        } else if let Some(rest) = key.strip_prefix(CLIP_PREFIX) {
+        } else if let Some(rest) = key
+            .strip_prefix(CLIP_PREFIX)
+            .or_else(|| key.strip_prefix(SDXL_CLIP_PREFIX))
+        {
             map_clip(rest).map(Some)
         } else {
             None
@@ -126,6 +131,9 @@ impl UnetLayout {
         let fixed = [
             ("time_embed.0.", "time_embedding.linear_1."),
             ("time_embed.2.", "time_embedding.linear_2."),
+            // SDXL's pooled-text and size embedding.
+            ("label_emb.0.0.", "add_embedding.linear_1."),
+            ("label_emb.0.2.", "add_embedding.linear_2."),
             ("input_blocks.0.0.", "conv_in."),
             ("out.0.", "conv_norm_out."),
             ("out.2.", "conv_out."),

@@ -14,6 +14,7 @@ pub mod lora;
 pub mod reference;
 pub mod safe_file;
 pub mod single_file;
+pub mod single_file_xl;
 mod tiny;
 pub mod vae;
 
@@ -66,8 +67,11 @@ impl ResolvedModel {
             ModelFormat::SingleFile => vec![self.dir.clone()],
             ModelFormat::Diffusers => REQUIRED_FILES
                 .iter()
+                .copied()
+                .chain(["text_encoder_2/model.safetensors"])
                 .filter(|f| f.ends_with(".safetensors"))
                 .map(|f| self.dir.join(f))
+                .filter(|p| p.is_file() || !p.ends_with("text_encoder_2/model.safetensors"))
                 .collect(),
         };
         let mut total = 0u64;
@@ -98,7 +102,12 @@ impl ResolvedModel {
         match self.format {
             ModelFormat::Diffusers => Pipeline::load(&self.dir),
             ModelFormat::SingleFile => {
-                single_file::load_sd1(&self.dir, &crate::engine::device::default_device()?)
+                let device = crate::engine::device::default_device()?;
+                let file = safe_file::SafeFile::open(&self.dir)?;
+                match single_file::require_checkpoint(&file)? {
+                    single_file::FileKind::Sdxl => single_file_xl::load_sdxl(&self.dir, &device),
+                    _ => single_file::load_sd1(&self.dir, &device),
+                }
             }
         }
     }
@@ -547,7 +556,7 @@ impl ModelResolver {
     /// file fails before any weights are read.
     fn resolve_single_file(&self, path: PathBuf) -> Result<ResolvedModel, EngineError> {
         let file = safe_file::SafeFile::open(&path)?;
-        single_file::require_sd1(&file)?;
+        single_file::require_checkpoint(&file)?;
         let name = path
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())

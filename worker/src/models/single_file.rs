@@ -100,14 +100,31 @@ pub fn detect(file: &SafeFile) -> FileKind {
     FileKind::Unknown
 }
 
-/// Refuses anything but a loadable SD 1.x checkpoint, saying what the file is instead.
+/// Refuses anything but an SD 1.x checkpoint (the layout LoRA merging reads), saying what the
+/// file is instead.
 pub fn require_sd1(file: &SafeFile) -> Result<(), EngineError> {
+    match require_checkpoint(file)? {
+        FileKind::Sd1 => Ok(()),
+        kind => Err(EngineError::invalid_model(
+            file.path(),
+            format!(
+                "this file is {}; LoRA networks merge into SD 1.x single files only so far \
+                 (render without <lora:…>, or use an SD 1.x model)",
+                kind.describe()
+            ),
+        )),
+    }
+}
+
+/// Refuses anything but a loadable checkpoint (SD 1.x or SDXL base), saying what the file is
+/// instead; returns which of the two it is.
+pub fn require_checkpoint(file: &SafeFile) -> Result<FileKind, EngineError> {
     let kind = detect(file);
     let hint = match kind {
-        FileKind::Sd1 => return Ok(()),
-        FileKind::Sd2 | FileKind::Sdxl | FileKind::SdxlRefiner => {
-            "single-file loading supports SD 1.x checkpoints so far; use the model's diffusers \
-             folder instead"
+        FileKind::Sd1 | FileKind::Sdxl => return Ok(kind),
+        FileKind::Sd2 | FileKind::SdxlRefiner => {
+            "single-file loading supports SD 1.x and SDXL base checkpoints so far; use the \
+             model's diffusers folder instead"
         }
         FileKind::UnetOnly => {
             "a checkpoint needs model.diffusion_model.*, first_stage_model.* and \
@@ -130,9 +147,9 @@ pub fn require_sd1(file: &SafeFile) -> Result<(), EngineError> {
 }
 
 /// Diffusers-named shapes of one part.
-type Shapes = BTreeMap<String, Vec<usize>>;
+pub(crate) type Shapes = BTreeMap<String, Vec<usize>>;
 
-fn part_shapes(file: &SafeFile, map: &KeyMap, part: Part) -> Shapes {
+pub(crate) fn part_shapes(file: &SafeFile, map: &KeyMap, part: Part) -> Shapes {
     map.targets
         .iter()
         .filter(|(_, t)| t.part == part)
@@ -147,7 +164,7 @@ fn part_shapes(file: &SafeFile, map: &KeyMap, part: Part) -> Shapes {
 }
 
 /// Reads a dimension, or says which tensor is missing or malformed.
-fn dim(shapes: &Shapes, name: &str, axis: usize, part: Part) -> Result<usize, String> {
+pub(crate) fn dim(shapes: &Shapes, name: &str, axis: usize, part: Part) -> Result<usize, String> {
     shapes
         .get(name)
         .and_then(|s| s.get(axis).copied())
@@ -160,7 +177,7 @@ fn dim(shapes: &Shapes, name: &str, axis: usize, part: Part) -> Result<usize, St
 }
 
 /// Distinct indices `i` of names `<prefix><i>.…`.
-fn indices(shapes: &Shapes, prefix: &str) -> Vec<usize> {
+pub(crate) fn indices(shapes: &Shapes, prefix: &str) -> Vec<usize> {
     let mut found: Vec<usize> = shapes
         .keys()
         .filter_map(|k| k.strip_prefix(prefix))
@@ -174,7 +191,7 @@ fn indices(shapes: &Shapes, prefix: &str) -> Vec<usize> {
 /// SD 1.x UNets use 8 attention heads at every level (`num_heads: 8` in v1-inference.yaml).
 const SD1_UNET_HEADS: usize = 8;
 
-fn unet_settings(shapes: &Shapes) -> Result<UNetSettings, String> {
+pub(crate) fn unet_settings(shapes: &Shapes) -> Result<UNetSettings, String> {
     let part = Part::Unet;
     let levels = indices(shapes, "down_blocks.");
     if levels.is_empty() || levels != (0..levels.len()).collect::<Vec<_>>() {
@@ -298,20 +315,20 @@ pub(crate) fn vae_settings(shapes: &Shapes) -> Result<VaeSettings, String> {
 fn clip_heads(width: usize) -> Option<usize> {
     match width {
         32 => Some(4),
-        8 => Some(2),
+        8 | 4 => Some(2),
         w if w >= 64 && w % 64 == 0 => Some(w / 64),
         _ => None,
     }
 }
 
-fn clip_config(shapes: &Shapes) -> Result<ClipTextConfig, String> {
+pub(crate) fn clip_config(shapes: &Shapes) -> Result<ClipTextConfig, String> {
     let part = Part::TextEncoder;
     let token = "text_model.embeddings.token_embedding.weight";
     let width = dim(shapes, token, 1, part)?;
     let heads = clip_heads(width).ok_or_else(|| {
         format!(
-            "text encoder: width {width} has no known attention head count (known: 32, 8 and \
-             multiples of 64); use a diffusers folder, whose config.json names it"
+            "text encoder: width {width} has no known attention head count (known: 32, 8, 4 \
+             and multiples of 64); use a diffusers folder, whose config.json names it"
         )
     })?;
     Ok(ClipTextConfig {
@@ -338,7 +355,7 @@ fn clip_config(shapes: &Shapes) -> Result<ClipTextConfig, String> {
 }
 
 /// Reads one part's tensors under their diffusers names.
-fn part_tensors(
+pub(crate) fn part_tensors(
     file: &SafeFile,
     map: &KeyMap,
     part: Part,
