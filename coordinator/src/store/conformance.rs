@@ -17,6 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use super::*;
 
 mod affinity;
+mod counts;
 mod datasets;
 mod fairness;
 mod fixtures;
@@ -29,6 +30,7 @@ mod release;
 mod streaming;
 
 use affinity::*;
+use counts::*;
 use datasets::*;
 use fairness::*;
 use fixtures::{submit, LEASE, T0};
@@ -83,6 +85,7 @@ conformance!(
     duplicate_image_index_stores_nothing,
     claim_leases_only_the_workers_pool,
     queue_counts_group_unfinished_tasks,
+    queue_counts_follow_every_transition,
     streamed_tasks_read_back_like_created_ones,
     empty_stream_finishes_the_job,
     failed_stream_stores_nothing,

@@ -5,6 +5,7 @@ use sdfarm_proto::RenderParams;
 use serde_json::Value;
 
 use super::delta::ParamsBase;
+use super::postgres::ModelCounts;
 use super::rows::attempts_to_sql;
 use super::{Millis, NewJob, NewTask};
 
@@ -35,6 +36,8 @@ pub(super) struct CopyRows {
     /// Each row's parameters are written as a delta against the job's base.
     base: ParamsBase,
     params: Vec<u8>,
+    /// Rows per model, for the job's queue counters.
+    pub(super) models: ModelCounts,
     /// The columns every row of the job shares, already escaped: the job id, the columns
     /// between image index and params, and those between params and output key, and
     /// between output key and cell key.
@@ -50,6 +53,7 @@ impl CopyRows {
             buf: Vec::with_capacity(CHUNK_BYTES + 4096),
             base,
             params: Vec::with_capacity(256),
+            models: ModelCounts::default(),
             job_id: escape(&job.id),
             after_index: format!("\t{}\t", job.priority),
             after_params: format!("\t{}\t", attempts_to_sql(job.max_attempts)),
@@ -61,6 +65,7 @@ impl CopyRows {
     /// in `COPY_TASKS`: job id, image index, priority, params, max attempts, output key,
     /// scheduled at, pool, owner, cell key, model.
     pub(super) fn push(&mut self, task: &NewTask) -> Option<Vec<u8>> {
+        self.models.add(&task.params.model);
         self.params.clear();
         self.base.write_delta(&task.params, &mut self.params);
         let b = &mut self.buf;
@@ -85,8 +90,9 @@ impl CopyRows {
             .then(|| std::mem::replace(b, Vec::with_capacity(CHUNK_BYTES + 4096)))
     }
 
-    pub(super) fn finish(self) -> Vec<u8> {
-        self.buf
+    /// The last chunk, and the rows counted per model.
+    pub(super) fn finish(self) -> (Vec<u8>, ModelCounts) {
+        (self.buf, self.models)
     }
 }
 

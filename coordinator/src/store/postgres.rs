@@ -23,8 +23,11 @@ use super::{
     Store, StoreError, TaskOutput, TaskRecord, TaskState,
 };
 
+mod counts;
 mod dataset;
 mod group;
+
+pub(super) use counts::ModelCounts;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -156,12 +159,6 @@ const CANCEL_TASKS: &str = "WITH doomed AS ( \
          lease_owner = NULL, lease_expires_at = NULL \
      FROM doomed WHERE tasks.id = doomed.doomed_id";
 
-/// Unfinished rows only (`tasks_unfinished_idx`): finished history never slows a scrape.
-/// Waiting tasks of paused jobs are left out: no worker should start for them.
-const QUEUE_COUNTS: &str = "SELECT pool, model, state, count(*) AS n \
-     FROM tasks WHERE finalized_at IS NULL AND (state = 'running' OR NOT paused) \
-     GROUP BY pool, model, state ORDER BY pool, model, state";
-
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)";
 
 pub struct PostgresStore {
@@ -287,6 +284,7 @@ impl Store for PostgresStore {
             .bind(tasks.iter().map(|t| t.cell_key.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
+        ModelCounts::of(tasks).store(&mut tx, job).await?;
         sqlx::query(fair::ADD_OWNER)
             .bind(&job.pool)
             .bind(&job.owner)
@@ -333,8 +331,10 @@ impl Store for PostgresStore {
                 copy.send(chunk).await?;
             }
         }
-        copy.send(rows.finish()).await?;
+        let (last, counts) = rows.finish();
+        copy.send(last).await?;
         copy.finish().await?;
+        counts.store(&mut tx, job).await?;
         sqlx::query(fair::ADD_OWNER)
             .bind(&job.pool)
             .bind(&job.owner)
@@ -649,7 +649,9 @@ impl Store for PostgresStore {
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCount>> {
-        let rows: Vec<QueueCountRow> = sqlx::query_as(QUEUE_COUNTS).fetch_all(&self.pool).await?;
+        let rows: Vec<QueueCountRow> = sqlx::query_as(counts::QUEUE_COUNTS)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(queue_counts_from_rows(rows))
     }
 }

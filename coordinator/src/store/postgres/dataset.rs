@@ -95,8 +95,10 @@ pub(super) async fn extend(
             copy.send(chunk).await?;
         }
     }
-    copy.send(rows.finish()).await?;
+    let (last, counts) = rows.finish();
+    copy.send(last).await?;
     copy.finish().await?;
+    counts.store(&mut tx, job).await?;
     if stored > 0 {
         sqlx::query(REOPEN).bind(&job.id).execute(&mut *tx).await?;
         sqlx::query(KEEP_PAUSED)
