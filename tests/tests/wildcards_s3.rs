@@ -129,6 +129,27 @@ async fn plan_reads_wildcard_files_from_an_s3_prefix_as_from_a_local_folder() {
         "a file from the sibling prefix sets/wildlife was read"
     );
 
+    // Glob wildcards match the files of the prefix as they match a local folder's.
+    let glob = |folder: &str| sweep(folder).replace(PROMPT, "__people/*__ in a __colo*__ hat");
+    let remote = plan(dir.path(), "glob-remote.toml", &glob(&url), &env);
+    assert_eq!(
+        remote,
+        plan(dir.path(), "glob-local.toml", &glob("wild"), &env)
+    );
+    let prompts: BTreeSet<&str> = remote
+        .split_last()
+        .unwrap()
+        .1
+        .iter()
+        .map(|c| c["prompt"].as_str().unwrap())
+        .collect();
+    for color in &colors {
+        for job in jobs {
+            let p = format!("{job} in a {color} hat");
+            assert!(prompts.contains(p.as_str()), "missing {p:?} in {prompts:?}");
+        }
+    }
+
     // A prefix with nothing under it, one with no .txt file, and a wildcard the prefix lacks.
     let empty = format!("s3://{}/sets/none", s3.bucket);
     let err = plan_error(dir.path(), "empty.toml", &sweep(&empty), &env);

@@ -330,6 +330,32 @@ pub struct Library {
     pub files: BTreeMap<String, Vec<Template>>,
 }
 
+/// Whether a wildcard name is a glob pattern rather than one file's name.
+pub fn is_glob(name: &str) -> bool {
+    name.contains('*')
+}
+
+/// `fnmatch` with only `*`, the one pattern character a wildcard name may hold: any run of
+/// characters, `/` included (so `__people*__` reaches into `people/…` as the extension does).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// The options of a wildcard file: one per line, `#` comments and blank lines ignored,
 /// surrounding whitespace trimmed.
 pub fn wildcard_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
@@ -343,8 +369,13 @@ impl Library {
     /// Gathers every wildcard `templates` refer to, and those their files refer to, reading
     /// each file's text through `read` (`None`: no such file). `searched` describes where
     /// `read` looked, for the error naming a missing file.
+    ///
+    /// A name with `*` (`__colors*__`, `__people/*__`) is a glob, as in sd-dynamic-prompts:
+    /// it matches the files `names` lists (`*` matching any run of characters, `/` included)
+    /// and its options are all of theirs, file after file in sorted name order.
     pub fn gather(
         templates: &[&Template],
+        names: &dyn Fn() -> Vec<String>,
         read: &mut dyn FnMut(&str) -> Option<String>,
         searched: &dyn Fn(&str) -> String,
     ) -> Result<Library> {
@@ -357,26 +388,52 @@ impl Library {
                 }
             }
         }
+        let mut listed: Option<Vec<String>> = None;
         while let Some(name) = todo.pop() {
             if lib.files.contains_key(&name) {
                 continue;
             }
-            let text = read(&name).ok_or_else(|| DynamicError::MissingWildcard {
-                name: name.clone(),
-                searched: searched(&name),
-            })?;
+            let files = if is_glob(&name) {
+                let all = listed.get_or_insert_with(|| {
+                    let mut all = names();
+                    all.sort();
+                    all.dedup();
+                    all
+                });
+                let matched: Vec<String> = all
+                    .iter()
+                    .filter(|n| !is_glob(n) && glob_matches(&name, n))
+                    .cloned()
+                    .collect();
+                if matched.is_empty() {
+                    return Err(DynamicError::MissingWildcard {
+                        name: name.clone(),
+                        searched: format!("no wildcard file matches it ({})", searched(&name)),
+                    });
+                }
+                matched
+            } else {
+                vec![name.clone()]
+            };
             let mut options = Vec::new();
-            for (line, option) in wildcard_lines(&text) {
-                let t = parse(option).map_err(|e| DynamicError::WildcardLine {
-                    name: name.clone(),
-                    line,
-                    problem: e.to_string(),
+            for file in files {
+                let text = read(&file).ok_or_else(|| DynamicError::MissingWildcard {
+                    name: file.clone(),
+                    searched: searched(&file),
                 })?;
-                todo.extend(t.wildcards());
-                options.push(t);
-            }
-            if options.is_empty() {
-                return Err(DynamicError::EmptyWildcard { name });
+                let before = options.len();
+                for (line, option) in wildcard_lines(&text) {
+                    let t = parse(option).map_err(|e| DynamicError::WildcardLine {
+                        name: file.clone(),
+                        line,
+                        problem: e.to_string(),
+                    })?;
+                    todo.extend(t.wildcards());
+                    options.push(t);
+                }
+                if options.len() == before {
+                    return Err(DynamicError::EmptyWildcard { name: file });
+                }
             }
             lib.files.insert(name, options);
         }

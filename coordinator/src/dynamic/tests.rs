@@ -29,9 +29,12 @@ impl Library {
             })
             .collect();
         let refs: Vec<&Template> = names.iter().collect();
-        Library::gather(&refs, &mut |n| files.get(n).cloned(), &|n| {
-            format!("{n}.txt not in the test set")
-        })
+        Library::gather(
+            &refs,
+            &|| files.keys().cloned().collect(),
+            &mut |n| files.get(n).cloned(),
+            &|n| format!("{n}.txt not in the test set"),
+        )
     }
 }
 
@@ -220,7 +223,7 @@ fn syntax_errors_name_the_problem_and_place() {
 #[test]
 fn wildcard_errors_name_the_file() {
     let t = parse("__missing__").unwrap();
-    let e = Library::gather(&[&t], &mut |_| None, &|n| {
+    let e = Library::gather(&[&t], &Vec::new, &mut |_| None, &|n| {
         format!("{n}.txt not found in folder wild")
     })
     .unwrap_err();
@@ -243,4 +246,129 @@ fn wildcard_errors_name_the_file() {
     let files: BTreeMap<String, String> = [("s".to_string(), "ok\n{broken\n".to_string())].into();
     let e = Library::from_texts(&files).unwrap_err().to_string();
     assert!(e.starts_with("wildcard file `s` line 2:"), "{e}");
+}
+
+/// The library `text` needs, gathered from `files` as a folder would give them.
+fn gathered(text: &str, files: &[(&str, &str)]) -> Result<Library> {
+    let files: BTreeMap<String, String> = files
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    Library::gather(
+        &[&parse(text).unwrap()],
+        // Listed out of order: the match order must not depend on the listing's.
+        &|| files.keys().rev().cloned().collect(),
+        &mut |n| files.get(n).cloned(),
+        &|n| format!("{n}.txt not in the test set"),
+    )
+}
+
+const GLOB_FILES: &[(&str, &str)] = &[
+    ("colors-warm", "red\norange\n"),
+    ("colors", "# base\nblack\nwhite\n"),
+    ("colors-cold", "blue\n{teal|cyan}\n"),
+    ("people/job", "baker\nsailor\n"),
+    (
+        "people/crew/captain",
+        "captain of the __colors-cold__ ship\n",
+    ),
+    ("peoplex", "never matched by people/*\n"),
+    ("shapes", "circle\n"),
+];
+
+/// The options the files matching `matches` hold, file after file in sorted name order, each
+/// file's options expanded as `__file__` alone expands them.
+fn union_of(matches: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut names: Vec<&str> = GLOB_FILES
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| matches(n))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            let text = format!("__{n}__");
+            all(&text, &gathered(&text, GLOB_FILES).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn glob_wildcard_offers_every_matching_file_in_sorted_order() {
+    let text = "__colors*__";
+    let got = all(text, &gathered(text, GLOB_FILES).unwrap());
+    let want = union_of(|n| n.starts_with("colors"));
+    assert_eq!(got, want);
+    // Three files matched, their order sorted by name, not by listing or by the slice.
+    assert!(want.len() >= 3 + 2 + 2, "{want:?}");
+    assert_eq!(
+        got.first().map(String::as_str),
+        Some("black"),
+        "colors sorts first"
+    );
+}
+
+#[test]
+fn glob_wildcard_reaches_into_sub_folders_and_follows_references() {
+    let text = "a __people/*__";
+    let got = all(text, &gathered(text, GLOB_FILES).unwrap());
+    let want: Vec<String> = union_of(|n| n.starts_with("people/"))
+        .into_iter()
+        .map(|o| format!("a {o}"))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        got.iter().any(|p| p.contains("captain of the teal ship")),
+        "people/crew/captain's own wildcard is expanded: {got:?}"
+    );
+    assert!(!got.iter().any(|p| p.contains("never matched")), "{got:?}");
+}
+
+#[test]
+fn glob_wildcard_in_random_mode_draws_from_the_union() {
+    let text = "__*s__";
+    let lib = gathered(text, GLOB_FILES).unwrap();
+    let union = union_of(|n| n.ends_with('s'));
+    let compiled = Compiled::new(&parse(text).unwrap(), &lib);
+    let mut seen = std::collections::BTreeSet::new();
+    for cell in 0..200 {
+        let drawn = compiled.sample(&mut cell_rng(7, cell)).text;
+        assert!(
+            union.contains(&drawn),
+            "{drawn:?} is not an option of {union:?}"
+        );
+        seen.insert(drawn);
+    }
+    assert_eq!(
+        seen.len(),
+        union.len(),
+        "every option is drawn in 200 cells"
+    );
+}
+
+#[test]
+fn glob_wildcard_matching_nothing_is_named() {
+    let e = gathered("__sizes*__", GLOB_FILES).unwrap_err().to_string();
+    assert!(
+        e.contains("__sizes*__") && e.contains("no wildcard file matches"),
+        "{e}"
+    );
+}
+
+#[test]
+fn glob_patterns_match_as_fnmatch_star_does() {
+    for (pattern, name, matched) in [
+        ("colors*", "colors", true),
+        ("colors*", "colors/dark", true),
+        ("*", "people/job", true),
+        ("people/*", "peoplex", false),
+        ("*-warm", "colors-warm", true),
+        ("c*s*m", "colors-warm", true),
+        ("a*a", "a", false),
+        ("a*b*c", "acb", false),
+        ("job", "job", true),
+    ] {
+        assert_eq!(glob_matches(pattern, name), matched, "{pattern} vs {name}");
+    }
 }

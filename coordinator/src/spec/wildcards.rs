@@ -186,9 +186,12 @@ pub(super) fn read(
         })
     };
     let (pt, nt) = (template(prompt)?, template(negative)?);
-    let library = Library::gather(&[&pt, &nt], &mut |name| files.get(name).cloned(), &|name| {
-        searched(folder.as_deref(), name)
-    })
+    let library = Library::gather(
+        &[&pt, &nt],
+        &|| files.keys().cloned().collect(),
+        &mut |name| files.get(name).cloned(),
+        &|name| searched(folder.as_deref(), name),
+    )
     .map_err(|err| {
         let mut spec_err = SpecError::new(SpecErrorKind::InvalidValue, err.to_string());
         spec_err.line = e.line;
@@ -229,6 +232,26 @@ pub(super) fn read(
     }
     let _ = count_entry;
     Ok(spec)
+}
+
+/// Wildcard names of the `.txt` files under `dir`, sub-folders included (`people/job`), for
+/// glob wildcards to match. An unreadable folder lists nothing: the error then says which
+/// wildcard found no file.
+fn txt_names(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        if path.is_dir() {
+            txt_names(&path, &format!("{prefix}{name}/"), out);
+        } else if let Some(stem) = name.strip_suffix(".txt") {
+            out.push(format!("{prefix}{stem}"));
+        }
+    }
 }
 
 fn named(mut err: SpecError, prefix: &str) -> SpecError {
@@ -346,8 +369,14 @@ fn bundle_with(
         .unwrap_or_default();
     let mut read: BTreeMap<String, String> = BTreeMap::new();
     let mut io_error = None;
+    let names = || {
+        let mut names: Vec<String> = inline.keys().cloned().collect();
+        txt_names(&dir, "", &mut names);
+        names
+    };
     let gathered = Library::gather(
         &[&pt, &nt],
+        &names,
         &mut |name| {
             if let Some(t) = inline.get(name) {
                 return Some(t.clone());
