@@ -53,6 +53,14 @@ impl Renderer for Engine {
         Engine::render(self, params, on_step)
     }
 
+    fn render_batch(
+        &self,
+        params: &[RenderParams],
+        on_step: &mut dyn FnMut(u32, u32) -> bool,
+    ) -> Vec<Result<RenderedImage, EngineError>> {
+        Engine::render_batch(self, params, on_step)
+    }
+
     fn loaded_models(&self) -> Vec<String> {
         Engine::loaded_models(self)
     }
@@ -67,16 +75,37 @@ impl Renderer for Engine {
 }
 
 /// What tasks must share to be rendered in one batch: every render parameter except the
-/// per-image ones — the seed, the variation seed and the position in the A1111 batch. Two
-/// tasks with equal keys run the same model, size, steps, sampler, schedule, CFG, prompts
-/// (and so the same LoRA set and prompt-editing schedule), hires and img2img settings; only
-/// their noise differs.
+/// per-image ones — the seed, the variation seed, the position in the A1111 batch and the
+/// prompts. Two tasks with equal keys run the same model, size, steps, sampler, schedule, CFG,
+/// LoRA set (the `<lora:…>` tags of both prompts, in order), hires and img2img settings; their
+/// noise and their prompts' conditioning (and prompt-editing schedules) are per image.
 pub fn batch_key(params: &RenderParams) -> RenderParams {
     RenderParams {
         seed: 0,
         subseed: 0,
         batch_index: 0,
+        prompt: format!(
+            "{}{}",
+            networks(&params.prompt),
+            networks(&params.negative_prompt)
+        ),
+        negative_prompt: String::new(),
+        // Dynamic-prompt bookkeeping, not read by the renderer.
+        prompt_template: String::new(),
+        prompt_choices: Vec::new(),
         ..params.clone()
+    }
+}
+
+/// The LoRA networks a prompt activates, as one string; a prompt whose tags do not parse is
+/// kept whole, so it only batches with the same prompt (rendering reports the error).
+fn networks(prompt: &str) -> String {
+    match crate::models::lora::extract_tags(prompt) {
+        Ok((_, tags)) => tags
+            .iter()
+            .map(|t| format!("<lora:{}:{}:{}>", t.name, t.te_weight, t.unet_weight))
+            .collect(),
+        Err(_) => prompt.to_string(),
     }
 }
 
@@ -104,14 +133,29 @@ mod tests {
     }
 
     #[test]
-    fn only_per_image_seeds_may_differ() {
+    fn only_per_image_seeds_and_prompts_may_differ() {
         let a = params(1);
         let b = RenderParams {
             subseed: 9,
             batch_index: 3,
+            prompt: "a [red:blue:2] barn, (detailed:1.3)".into(),
+            negative_prompt: "blurry".into(),
             ..params(2)
         };
         assert!(batchable(&a, &b));
+        let with_lora = |prompt: &str, negative: &str| RenderParams {
+            prompt: prompt.into(),
+            negative_prompt: negative.into(),
+            ..params(3)
+        };
+        assert!(batchable(
+            &with_lora("a cat <lora:x:0.5>", ""),
+            &with_lora("<lora:x:0.5> a dog", "ugly")
+        ));
+        assert!(!batchable(
+            &with_lora("a cat <lora:x:0.5>", ""),
+            &with_lora("a cat <lora:x:0.7>", "")
+        ));
         let differs = [
             RenderParams {
                 cfg_scale: 5.0,

@@ -18,6 +18,10 @@ use super::torch_rng::TorchGenerator;
 use super::unipc::UniPcOptions;
 use super::EngineError;
 
+mod batch;
+
+pub(super) use batch::{render_pixels_batch, BatchImage};
+
 /// A sampler name and schedule type resolved as A1111 does: a legacy name
 /// ("DPM++ 2M Karras") names the schedule type unless one is given.
 pub(super) fn resolve_sampler(

@@ -8,6 +8,7 @@
 //!
 //! Submodules are public so tests can check each stage against reference tensors.
 
+mod batch;
 mod chain;
 pub mod clip;
 pub mod composable;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use sdfarm_proto::RenderParams;
 
+pub use batch::unet_calls_on_this_thread;
 pub use error::EngineError;
 pub use pipeline::{Pipeline, SampleSettings, StepTrace};
 pub use sampler::{run_sampler, Sampler, SamplerOptions, SAMPLER_NAMES};
@@ -50,6 +52,7 @@ pub use scheduler::{ScheduleOverrides, ScheduleType};
 
 use crate::models::lora::{self, LoraUse};
 use crate::models::vae::{LoadedVae, ResolvedVae};
+use crate::models::embeddings::EmbeddingSet;
 use crate::models::{ModelResolver, ResolvedModel};
 use crate::storage::OutputStore;
 
@@ -287,6 +290,25 @@ impl Engine {
         params: &RenderParams,
         on_step: &mut dyn FnMut(u32, u32) -> bool,
     ) -> Result<RenderedImage, EngineError> {
+        let prep = self.prepare(params)?;
+        let embeddings = self
+            .resolver
+            .embeddings_for(prep.pipeline.tokenizer(), prep.pipeline.device())?;
+        let (width, height, rgb) = chain::render_pixels(
+            &prep.pipeline,
+            &prep.params,
+            prep.init_image.as_ref(),
+            prep.clip_skip,
+            &embeddings,
+            &|latents| prep.decode(latents),
+            on_step,
+        )?;
+        self.finish(prep, &embeddings, width, height, rgb)
+    }
+
+    /// Checks a request and loads what it renders with: the model with its LoRA networks,
+    /// the VAE override and the img2img input.
+    fn prepare(&self, params: &RenderParams) -> Result<Prepared, EngineError> {
         // Names and schedules are checked before the model loads.
         chain::resolve_sampler(&params.sampler_name, &params.scheduler)?;
         if params.steps == 0 {
@@ -330,12 +352,11 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let stripped = RenderParams {
+        let params = RenderParams {
             prompt,
             negative_prompt,
             ..params.clone()
         };
-        let params = &stripped;
 
         let resolved = self.resolver.resolve(&params.model)?;
         let (pipeline, load_time) = self.pipeline_with_loras(&params.model, &resolved, &loras)?;
@@ -370,47 +391,84 @@ impl Engine {
                 format!("0 to {} for this model", pipeline.text_layers()),
             ));
         }
-
-        let embeddings = self
-            .resolver
-            .embeddings_for(pipeline.tokenizer(), pipeline.device())?;
-        // Every decode sees a pass's final latents: they are checked for the UNet's NaNs
-        // there, and the pixels for the VAE's.
-        let decode = |latents: &candle_core::Tensor| {
-            nan_check::check(latents, nan_check::Stage::Unet, &resolved.dir)?;
-            let (decoded, vae_path) = match (&vae, &vae_ref) {
-                (Some(vae), Some(r)) => (
-                    vae.decode(latents, pipeline.vae_scaling_factor())?,
-                    r.path.as_path(),
-                ),
-                _ => (pipeline.decode(latents)?, resolved.dir.as_path()),
-            };
-            nan_check::check(&decoded, nan_check::Stage::Vae, vae_path)?;
-            Ok(decoded)
-        };
-        let (width, height, rgb) = chain::render_pixels(
-            &pipeline,
+        Ok(Prepared {
             params,
-            init_image.as_ref(),
+            tags,
+            loras,
+            resolved,
+            pipeline,
+            load_time,
+            vae_ref,
+            vae,
             clip_skip,
-            &embeddings,
-            &decode,
-            on_step,
-        )?;
-        let lora_hashes = networks_info::lora_hashes(&self.resolver, &tags, &loras)?;
-        let ti_hashes = networks_info::ti_hashes(&self.resolver, &embeddings)?;
+            init_image,
+        })
+    }
+
+    /// The rendered image with the model, VAE and network details its infotext names.
+    fn finish(
+        &self,
+        prep: Prepared,
+        embeddings: &EmbeddingSet<'_>,
+        width: u32,
+        height: u32,
+        rgb: Vec<u8>,
+    ) -> Result<RenderedImage, EngineError> {
+        let lora_hashes = networks_info::lora_hashes(&self.resolver, &prep.tags, &prep.loras)?;
+        let ti_hashes = networks_info::ti_hashes(&self.resolver, embeddings)?;
         Ok(RenderedImage {
             width,
             height,
             rgb,
-            model_name: resolved.name,
-            model_hash: resolved.hash,
-            vae_name: vae_ref.as_ref().map(|v| v.name.clone()).unwrap_or_default(),
-            vae_hash: vae_ref.map(|v| v.hash).unwrap_or_default(),
+            model_name: prep.resolved.name,
+            model_hash: prep.resolved.hash,
+            vae_name: prep
+                .vae_ref
+                .as_ref()
+                .map(|v| v.name.clone())
+                .unwrap_or_default(),
+            vae_hash: prep.vae_ref.map(|v| v.hash).unwrap_or_default(),
             lora_hashes,
             ti_hashes,
-            model_loaded: load_time.is_some(),
-            model_load_ms: load_time.map_or(0, |d| d.as_millis() as u64),
+            model_loaded: prep.load_time.is_some(),
+            model_load_ms: prep.load_time.map_or(0, |d| d.as_millis() as u64),
         })
+    }
+}
+
+/// A checked request and what it renders with (see [`Engine::prepare`]).
+struct Prepared {
+    /// The request with `<lora:…>` tags removed from its prompts.
+    params: RenderParams,
+    tags: Vec<lora::LoraTag>,
+    loras: Vec<LoraUse>,
+    resolved: ResolvedModel,
+    pipeline: Arc<Pipeline>,
+    /// How long loading the model took, `None` when it was in memory.
+    load_time: Option<Duration>,
+    vae_ref: Option<ResolvedVae>,
+    vae: Option<Arc<LoadedVae>>,
+    clip_skip: usize,
+    init_image: Option<image::RgbImage>,
+}
+
+impl Prepared {
+    /// The VAE decode in use (the checkpoint's or the override). Every decode sees a pass's
+    /// final latents: they are checked for the UNet's NaNs there, and the pixels for the
+    /// VAE's.
+    fn decode(&self, latents: &candle_core::Tensor) -> Result<candle_core::Tensor, EngineError> {
+        nan_check::check(latents, nan_check::Stage::Unet, &self.resolved.dir)?;
+        let (decoded, vae_path) = match (&self.vae, &self.vae_ref) {
+            (Some(vae), Some(r)) => (
+                vae.decode(latents, self.pipeline.vae_scaling_factor())?,
+                r.path.as_path(),
+            ),
+            _ => (
+                self.pipeline.decode(latents)?,
+                self.resolved.dir.as_path(),
+            ),
+        };
+        nan_check::check(&decoded, nan_check::Stage::Vae, vae_path)?;
+        Ok(decoded)
     }
 }
