@@ -98,7 +98,12 @@ fn task_to_proto(t: TaskRecord) -> pb::Task {
         sha256: t.sha256.unwrap_or_default(),
         infotext: t.infotext.unwrap_or_default(),
         errors: t.errors,
-        worker: t.lease_owner.unwrap_or_default(),
+        // The worker column: who completed a completed task, who holds a running one.
+        worker: match t.state {
+            TaskState::Completed => t.completed_by,
+            _ => t.lease_owner,
+        }
+        .unwrap_or_default(),
     }
 }
 

@@ -355,3 +355,71 @@ async fn watch_streams_counts_until_the_job_finishes() {
         "progress reported by the worker reached the watcher"
     );
 }
+
+#[tokio::test]
+async fn list_tasks_shows_who_completed_a_task_and_who_holds_a_running_one() {
+    let mut h = start(CoordinatorConfig::default()).await;
+    let first = register(&mut h, "first").await;
+    let second = register(&mut h, "second").await;
+    let job = submit(&mut h, SWEEP).await.unwrap();
+    let lease_one = |worker: &str| pb::LeaseRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: worker.into(),
+        max_tasks: 1,
+        wait_ms: 1000,
+        ..Default::default()
+    };
+    let done = h
+        .workers
+        .lease(lease_one(&first))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    h.workers
+        .complete(pb::CompleteRequest {
+            worker_id: first.clone(),
+            task_id: done[0].task_id,
+            output_key: done[0].output_key.clone(),
+            sha256: "cd".repeat(32),
+            infotext: "p".into(),
+            render_ms: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let running = h
+        .workers
+        .lease(lease_one(&second))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+
+    let tasks = h
+        .jobs
+        .list_tasks(pb::ListTasksRequest { job_id: job.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let find = |id: i64| tasks.iter().find(|t| t.id == id).unwrap();
+    let completed = find(done[0].task_id);
+    assert_eq!(completed.state, pb::TaskState::Completed as i32);
+    assert_eq!(
+        completed.worker, first,
+        "a completed task names the worker that rendered it"
+    );
+    let leased = find(running[0].task_id);
+    assert_eq!(leased.state, pb::TaskState::Running as i32);
+    assert_eq!(
+        leased.worker, second,
+        "a running task names its lease holder"
+    );
+    let waiting: Vec<&pb::Task> = tasks
+        .iter()
+        .filter(|t| t.id != done[0].task_id && t.id != running[0].task_id)
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].worker, "", "a waiting task has no worker");
+}

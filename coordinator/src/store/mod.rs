@@ -214,6 +214,9 @@ pub struct TaskRecord {
     pub max_attempts: u32,
     pub output_key: String,
     pub lease_owner: Option<String>,
+    /// The worker whose completion was recorded (the lease owner is cleared then); `None`
+    /// until the task completes.
+    pub completed_by: Option<String>,
     pub lease_expires_at: Option<Millis>,
     /// When a retryable task may be claimed again.
     pub scheduled_at: Millis,

@@ -46,8 +46,8 @@ macro_rules! task_columns {
             "id, job_id, image_index, priority, ",
             task_params!(),
             " AS params, state, attempt, \
-         max_attempts, output_key, lease_owner, lease_expires_at, scheduled_at, sha256, \
-         infotext, errors::text AS errors, finalized_at, pool"
+         max_attempts, output_key, lease_owner, completed_by, lease_expires_at, scheduled_at, \
+         sha256, infotext, errors::text AS errors, finalized_at, pool"
         )
     };
 }

@@ -34,7 +34,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 macro_rules! task_columns {
     () => {
         "id, job_id, image_index, priority, params, state, attempt, max_attempts, output_key, \
-         lease_owner, lease_expires_at, scheduled_at, sha256, infotext, errors, finalized_at, pool"
+         lease_owner, completed_by, lease_expires_at, scheduled_at, sha256, infotext, errors, \
+         finalized_at, pool"
     };
 }
 

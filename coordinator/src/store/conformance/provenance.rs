@@ -76,6 +76,19 @@ pub(super) async fn completed_tasks_record_worker_attempt_and_times(store: Arc<d
     assert_eq!(b.sha256, output("one").sha256);
     assert!(rows.iter().all(|r| r.task_id != t2));
 
+    // The task list says the same: who completed each, and who holds the running one.
+    let listed = store.list_tasks("job-prov").await.unwrap();
+    let by = |id: i64| listed.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(by(t0).completed_by.as_deref(), Some("w1"));
+    assert_eq!(by(t1).completed_by.as_deref(), Some("w2"));
+    assert_eq!(by(t0).lease_owner, None, "a completed task holds no lease");
+    assert_eq!(by(t2).lease_owner.as_deref(), Some("w3"));
+    assert_eq!(
+        by(t2).completed_by,
+        None,
+        "a running task is not completed by anyone"
+    );
+
     // Pages: after an index, and limited.
     let page = store
         .completed_tasks("job-prov", Some(0), 10)
