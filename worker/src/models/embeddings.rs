@@ -349,11 +349,16 @@ impl EmbeddingLookup for EmbeddingSet<'_> {
                     t.dim(1)?
                 ),
             )),
-            Vectors::Sdxl { .. } => Err(EngineError::invalid_model(
+            // An SDXL model asks once per encoder, each with its own width.
+            Vectors::Sdxl { clip_l, .. } if clip_l.dim(1)? == width => Ok(clip_l.clone()),
+            Vectors::Sdxl { clip_g, .. } if clip_g.dim(1)? == width => Ok(clip_g.clone()),
+            Vectors::Sdxl { clip_l, clip_g } => Err(EngineError::invalid_model(
                 &embedding.path,
                 format!(
-                    "embedding {name} is an SDXL embedding (clip_l + clip_g); this model has \
-                     one text encoder, {width} wide"
+                    "embedding {name} is an SDXL embedding (clip_l {} wide + clip_g {} wide); \
+                     this model's text encoder is {width} wide",
+                    clip_l.dim(1)?,
+                    clip_g.dim(1)?
                 ),
             )),
         }
