@@ -121,3 +121,52 @@ fn sdxl_single_file_renders_the_pixels_of_its_folder() {
         assert_eq!(differing, 0, "{sampler}: single file and folder differ");
     }
 }
+
+/// Tasks that share a pass render as one batch; each SDXL image (its own pooled embedding and
+/// time ids in the batch) comes out as it renders alone.
+#[test]
+fn sdxl_batch_matches_rendering_alone() {
+    let Some(dir) = reference_dir(MARKER) else {
+        println!("skipped: ../shared/reference not found");
+        return;
+    };
+    let folder = dir.join("tiny-sdxl/diffusers");
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Engine::new(ModelResolver::new(cache.path()));
+    let cells = [
+        (11, "a lighthouse at dusk", ""),
+        (2024, "a red barn in the fields", "blurry"),
+        (7, "a [cat:dog:2] on a sofa", ""),
+    ];
+    let params: Vec<RenderParams> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, (seed, prompt, negative))| RenderParams {
+            prompt: prompt.to_string(),
+            negative_prompt: negative.to_string(),
+            batch_index: i as u32,
+            ..params(&folder, "DPM++ 2M", *seed)
+        })
+        .collect();
+    for p in &params[1..] {
+        assert!(sdfarm_worker::render::batchable(&params[0], p));
+    }
+    let batched = engine.render_batch(&params, &mut |_, _| true);
+    for (p, many) in params.iter().zip(batched) {
+        let many = many.unwrap();
+        let one = engine.render(p, &mut |_, _| true).unwrap();
+        let worst = one
+            .rgb
+            .iter()
+            .zip(&many.rgb)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        println!("seed {}: batched vs alone worst {worst}/255", p.seed);
+        assert!(
+            worst <= 1,
+            "seed {}: batched differs by {worst}/255",
+            p.seed
+        );
+    }
+}
