@@ -209,3 +209,51 @@ margin_size = 4
     );
     assert!(text.starts_with("a red barn\n"), "{text}");
 }
+
+#[test]
+fn seed_resize_from_reaches_the_plan_and_the_infotext() {
+    let text = |resize: &str| {
+        format!(
+            "model = \"builtin:tiny-sd\"\nprompt = \"a red barn\"\nseed = 11\nsteps = 2\n\
+             width = 32\nheight = 32\nsampler_name = \"Euler\"\n{resize}"
+        )
+    };
+    let resized = text("seed_resize_from_w = 48\nseed_resize_from_h = 40\n");
+    let lines = plan(&resized);
+    assert_eq!(lines[0]["seed_resize_from_w"], 48, "{}", lines[0]);
+    assert_eq!(lines[0]["seed_resize_from_h"], 40, "{}", lines[0]);
+
+    let render = |sweep: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "s.toml", sweep);
+        let out_dir = dir.path().join("out");
+        let out = sdfarm(&["run", &path, "--out", out_dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job = job_dir(&out_dir);
+        let png = std::fs::read_dir(&job)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "png"))
+            .expect("one image");
+        let (_, infotext) = png_size_and_text(&png);
+        (std::fs::read(&png).unwrap(), infotext)
+    };
+    let (resized_png, infotext) = render(&resized);
+    assert!(
+        infotext.contains("Seed resize from: 48x40"),
+        "infotext should say where the seed's noise was resized from: {infotext}"
+    );
+    let (plain_png, plain_infotext) = render(&text(""));
+    assert!(
+        !plain_infotext.contains("Seed resize from"),
+        "{plain_infotext}"
+    );
+    assert_ne!(
+        resized_png, plain_png,
+        "the resized noise changes the image"
+    );
+}

@@ -24,7 +24,9 @@ use std::path::Path;
 use sdfarm_proto::RenderParams;
 
 pub use error::{Result, SpecError, SpecErrorDetails, SpecErrorKind};
-use read::{boolean, float_in, int_in, seed, side, string, wrong_type};
+use read::{
+    boolean, float_in, int_in, seed, seed_resize_pair, seed_resize_side, side, string, wrong_type,
+};
 use source::{Entry, Raw};
 use suggest::{nearest, suggest};
 pub use tables::{Axis, PromptMatrixSpec, PromptType, XyzSpec};
@@ -56,7 +58,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "clip_skip", "eta", "name", "priority", "max_attempts", "pool", "sd_vae",
     "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscaler",
     "hr_second_pass_steps", "denoising_strength", "hr_sampler_name", "hr_scheduler",
-    "hr_prompt", "hr_negative_prompt", "init_image",
+    "hr_prompt", "hr_negative_prompt", "init_image", "seed_resize_from_w", "seed_resize_from_h",
     "xyz", "prompt_matrix", "wildcards", "dataset",
 ];
 
@@ -77,7 +79,7 @@ const IMG2IMG_DENOISING_DEFAULT: f32 = 0.75;
 const A1111_UNSUPPORTED: &[&str] = &[
     "hr_checkpoint_name", "firstphase_width", "firstphase_height",
     "restore_faces", "tiling", "styles", "override_settings",
-    "override_settings_restore_afterwards", "seed_resize_from_h", "seed_resize_from_w",
+    "override_settings_restore_afterwards",
     "refiner_checkpoint", "refiner_switch_at", "s_churn", "s_tmax", "s_tmin", "s_noise",
     "s_min_uncond", "script_name", "script_args", "alwayson_scripts", "do_not_save_samples",
     "do_not_save_grid", "send_images", "save_images", "infotext", "force_task_id", "comments",
@@ -441,6 +443,8 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
             }
             "hr_prompt" => p.hr_prompt = string(e, "any text")?,
             "hr_negative_prompt" => p.hr_negative_prompt = string(e, "any text")?,
+            "seed_resize_from_w" => p.seed_resize_from_w = seed_resize_side(e)?,
+            "seed_resize_from_h" => p.seed_resize_from_h = seed_resize_side(e)?,
             "init_image" => {
                 p.init_image = string(e, "a PNG path or object-store URL (s3://bucket/a.png)")?
             }
@@ -487,6 +491,7 @@ fn build(entries: &[Entry]) -> Result<SweepSpec> {
     }
     p.model = model;
     hires_fields(&mut p, denoising, &find)?;
+    seed_resize_pair(&p, &find)?;
 
     let (sampler, scheduler) =
         samplers::canonical(&p.sampler_name, &p.scheduler).map_err(|refused| {

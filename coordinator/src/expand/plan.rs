@@ -114,6 +114,10 @@ pub fn plan_json_lines(spec: &SweepSpec, seed: i64) -> impl Iterator<Item = Valu
             line["y"] = json!(y);
             line["z"] = json!(z);
         }
+        if p.seed_resize_from_w > 0 {
+            line["seed_resize_from_w"] = json!(p.seed_resize_from_w);
+            line["seed_resize_from_h"] = json!(p.seed_resize_from_h);
+        }
         if p.subseed_strength != 0.0 {
             line["subseeds"] = json!(images.iter().map(|i| i.subseed).collect::<Vec<_>>());
         }

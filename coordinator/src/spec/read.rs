@@ -116,3 +116,54 @@ pub(super) fn boolean(e: &Entry) -> Result<bool> {
         _ => Err(wrong_type(e, "a boolean", "true or false".into())),
     }
 }
+
+const SEED_RESIZE_ACCEPTED: &str = "0 or -1 for off (A1111's values), or 8 to 8192 pixels";
+
+/// `seed_resize_from_w` / `_h`: A1111's off values (0 and -1) read as 0; a size must cover at
+/// least one latent pixel (8 pixels), since the noise is drawn at that size / 8.
+pub(super) fn seed_resize_side(e: &Entry) -> Result<u32> {
+    let v = match e.value {
+        Raw::Int(v) if (-1..=8192).contains(&v) => v,
+        Raw::Int(_) => {
+            let problem = "is out of range";
+            return Err(SpecError::at(
+                SpecErrorKind::InvalidValue,
+                e,
+                problem,
+                SEED_RESIZE_ACCEPTED,
+            ));
+        }
+        _ => return Err(wrong_type(e, "an integer", SEED_RESIZE_ACCEPTED.into())),
+    };
+    if (1..8).contains(&v) {
+        let problem = "is smaller than one latent pixel (8 pixels)";
+        return Err(SpecError::at(
+            SpecErrorKind::InvalidValue,
+            e,
+            problem,
+            SEED_RESIZE_ACCEPTED,
+        ));
+    }
+    Ok(v.max(0) as u32)
+}
+
+/// "Seed resize from" needs both sides: A1111 silently ignores one alone, which is never
+/// what was meant.
+pub(super) fn seed_resize_pair<'a>(
+    p: &RenderParams,
+    find: &dyn Fn(&str) -> Option<&'a Entry>,
+) -> Result<()> {
+    let (w, h) = (p.seed_resize_from_w, p.seed_resize_from_h);
+    let (set, unset) = match (w > 0, h > 0) {
+        (true, false) => ("seed_resize_from_w", "seed_resize_from_h"),
+        (false, true) => ("seed_resize_from_h", "seed_resize_from_w"),
+        _ => return Ok(()),
+    };
+    let e = find(set).expect("a side above 0 was written");
+    Err(SpecError::at(
+        SpecErrorKind::InvalidValue,
+        e,
+        format!("is set but {unset} is not: \"Seed resize from\" needs both sides"),
+        format!("{unset} as well (8 to 8192 pixels), or neither"),
+    ))
+}

@@ -501,3 +501,53 @@ fn hires_and_img2img_keys_take_a1111_defaults() {
 fn toml_ok(text: &str) -> SweepSpec {
     toml(text).expect("should parse")
 }
+
+#[test]
+fn seed_resize_from_reaches_every_task() {
+    let s = toml(
+        "model = \"builtin:tiny-sd\"\nseed = 3\nwidth = 64\nheight = 64\nbatch_size = 2\n\
+         seed_resize_from_w = 96\nseed_resize_from_h = 48\n\
+         [xyz]\nx = { type = \"Steps\", values = \"2, 3\" }\n",
+    )
+    .unwrap();
+    let images: Vec<_> = crate::expand::expand(&s.resolved(), 3).collect();
+    assert_eq!(images.len(), 4);
+    for img in &images {
+        let p = &img.params;
+        assert_eq!(
+            (p.seed_resize_from_w, p.seed_resize_from_h),
+            (96, 48),
+            "{p:?}"
+        );
+    }
+    // A1111's "off" values, -1 (the API's default) and 0, leave it off.
+    for off in ["-1", "0"] {
+        let s = toml(&format!(
+            "model = \"builtin:tiny-sd\"\nseed_resize_from_w = {off}\nseed_resize_from_h = {off}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.base.seed_resize_from_w, s.base.seed_resize_from_h),
+            (0, 0)
+        );
+    }
+}
+
+#[test]
+fn seed_resize_from_mistakes_are_named() {
+    let err = toml_err("model = \"builtin:tiny-sd\"\nseed_resize_from_w = 64\n");
+    assert_says(
+        &err,
+        &["seed_resize_from_w", "seed_resize_from_h as well", "line 2"],
+    );
+    let err =
+        toml_err("model = \"builtin:tiny-sd\"\nseed_resize_from_w = 4\nseed_resize_from_h = 64\n");
+    assert_says(
+        &err,
+        &["seed_resize_from_w", "4", "latent pixel", "8 to 8192"],
+    );
+    let err = toml_err(
+        "model = \"builtin:tiny-sd\"\nseed_resize_from_w = 64\nseed_resize_from_h = 9000\n",
+    );
+    assert_says(&err, &["seed_resize_from_h", "9000", "out of range"]);
+}
