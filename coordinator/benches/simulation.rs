@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sdfarm_coordinator::sim::{self, Policy, SimConfig, SimReport};
-use sdfarm_coordinator::store::{PostgresStore, Store};
+use sdfarm_coordinator::store::{PostgresStore, SqliteStore, Store};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -51,6 +51,15 @@ async fn on_fresh_database(
     result
 }
 
+/// The same run on a fresh SQLite file: the decisions are the store's and the scheduler's,
+/// in virtual time, so the figures match Postgres's; only the wall time differs.
+async fn on_fresh_sqlite(config: &SimConfig, policy: Policy) -> anyhow::Result<SimReport> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("sim.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await?);
+    sim::run(store, config, policy).await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo test` builds and runs bench targets with `--bench`-less arguments; only measure
@@ -61,13 +70,21 @@ async fn main() -> anyhow::Result<()> {
     let admin_url = std::env::var("SDFARM_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let admin_options: PgConnectOptions = admin_url.parse()?;
-    let config = SimConfig::mixed();
+    // `at-once` submits every job at the start instead of over the first 150 s.
+    let config = if std::env::args().any(|a| a == "at-once") {
+        SimConfig::mixed_at_once()
+    } else {
+        SimConfig::mixed()
+    };
+    // `SDFARM_SIM_STORE=sqlite` runs on a SQLite file instead (quicker to iterate on).
+    let sqlite = std::env::var("SDFARM_SIM_STORE").is_ok_and(|s| s == "sqlite");
     let tasks: u64 = config.jobs.iter().map(|j| u64::from(j.images)).sum();
     println!(
-        "simulation: {} workers, {} jobs, {tasks} tasks, load {:.0} s, Postgres, virtual time",
+        "simulation: {} workers, {} jobs, {tasks} tasks, load {:.0} s, {}, virtual time",
         config.workers,
         config.jobs.len(),
-        config.load_ms as f64 / 1000.0
+        config.load_ms as f64 / 1000.0,
+        if sqlite { "SQLite" } else { "Postgres" }
     );
     // `-- coordinator` or `-- baseline` runs only that one.
     let only: Vec<String> = std::env::args()
@@ -86,7 +103,11 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         let started = Instant::now();
-        let report = on_fresh_database(&admin_options, &config, policy).await?;
+        let report = if sqlite {
+            on_fresh_sqlite(&config, policy).await?
+        } else {
+            on_fresh_database(&admin_options, &config, policy).await?
+        };
         println!(
             "{label} ({:.1} s wall):\n{report}",
             started.elapsed().as_secs_f64()

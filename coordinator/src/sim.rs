@@ -100,6 +100,18 @@ impl SimConfig {
     }
 }
 
+impl SimConfig {
+    /// The same jobs, all submitted at the start: nothing arrives later, so a scheduler
+    /// can plan the whole run from the first lease (the offline case).
+    pub fn mixed_at_once() -> SimConfig {
+        let mut config = SimConfig::mixed();
+        for job in &mut config.jobs {
+            job.arrival_ms = 0;
+        }
+        config
+    }
+}
+
 /// What no schedule of the workload can beat.
 #[derive(Debug, Clone)]
 pub struct Bounds {
@@ -351,8 +363,27 @@ pub async fn run(
     let mut arrived = 0usize;
     let mut last_done: Millis = 0;
 
+    let trace = std::env::var_os("SDFARM_SIM_TRACE").is_some();
+    let mut next_trace: Millis = 0;
     while let Some(Reverse((t, _, event))) = events.pop() {
         clock.set(EPOCH + t);
+        if trace && t >= next_trace {
+            next_trace = t + 10_000;
+            let mut serving: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+            for w in &workers {
+                match (&w.running, w.models.first()) {
+                    (Some(r), _) => serving.entry(&r.model).or_default().0 += 1,
+                    (None, Some(m)) => serving.entry(m).or_default().1 += 1,
+                    (None, None) => serving.entry("-").or_default().1 += 1,
+                }
+            }
+            let mut line = format!("{:8.1} s", t as f64 / 1000.0);
+            for (m, (busy, idle)) in serving {
+                let waits = unleased.get(m).copied().unwrap_or(0);
+                line += &format!("  {m}: {busy}+{idle}i/{waits}");
+            }
+            eprintln!("{line}");
+        }
         let worker = match event {
             Event::Arrive(i) => {
                 let job = &config.jobs[i];
@@ -482,6 +513,15 @@ pub async fn run(
                         unleased[held]
                     ));
                 }
+            }
+            if std::env::var_os("SDFARM_SIM_TRACE").is_some() {
+                eprintln!(
+                    "{:8.1} s  {} loads {model} (held {:?}; unleased {:?})",
+                    t as f64 / 1000.0,
+                    workers[worker].id,
+                    workers[worker].models,
+                    unleased
+                );
             }
             report.loads += 1;
             *report.loads_by_model.entry(model.clone()).or_insert(0) += 1;
