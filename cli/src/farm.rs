@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sdfarm_coordinator::store::{open_store, RetryPolicy};
 use sdfarm_coordinator::{Coordinator, CoordinatorConfig, SystemClock};
+use sdfarm_worker::engine::Engine;
+use sdfarm_worker::models::ModelResolver;
 
 #[derive(clap::Args, Debug)]
 pub struct CoordinatorArgs {
@@ -181,11 +183,15 @@ pub struct WorkerArgs {
     /// happens before the pod is killed.
     #[arg(long, env = "SDFARM_DRAIN_SECONDS", default_value_t = 25.0)]
     pub drain_seconds: f64,
-    /// Most compatible tasks (same parameters but the seeds) rendered in one pass; also how
-    /// many tasks are kept leased ahead of the one rendering.
+    /// Most compatible tasks (same parameters but the seeds and prompts, same LoRA set)
+    /// rendered in one pass; also how many tasks are kept leased ahead of the one rendering.
     #[arg(long, env = "SDFARM_BATCH_SIZE", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub batch_size: u32,
+    /// Textual-inversion embeddings folder, where a prompt's embedding names are looked up
+    /// (default: <models folder>/embeddings, the models folder being SDFARM_MODELS_DIR).
+    #[arg(long, env = "SDFARM_EMBEDDINGS_DIR")]
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 /// `key=value` labels into a map; a malformed one is an error naming it.
@@ -239,7 +245,17 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         labels,
         batch_size: args.batch_size,
     };
-    sdfarm_worker::run(config, crate::shutdown_signal()).await?;
+    let mut resolver = ModelResolver::new(config.cache_dir.clone());
+    if let Some(dir) = args.embeddings_dir {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--embeddings-dir (SDFARM_EMBEDDINGS_DIR) {}: no such folder",
+            dir.display()
+        );
+        resolver = resolver.with_embeddings_dir(dir);
+    }
+    let engine = Arc::new(Engine::new(resolver));
+    sdfarm_worker::run_with_renderer(config, engine, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
