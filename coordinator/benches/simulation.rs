@@ -71,8 +71,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let admin_options: PgConnectOptions = admin_url.parse()?;
     // `at-once` submits every job at the start instead of over the first 150 s.
+    // `uniform` does that with every image taking 1 s.
     let config = if std::env::args().any(|a| a == "at-once") {
         SimConfig::mixed_at_once()
+    } else if std::env::args().any(|a| a == "uniform") {
+        SimConfig::mixed_uniform()
     } else {
         SimConfig::mixed()
     };

@@ -340,7 +340,11 @@ impl PoolState {
             Some(own) => {
                 // Move only when the worker's model can well spare it, another model
                 // well misses a worker, and the free workers cannot cover what is missing.
-                // The margins keep a move from being undone by the next one.
+                // The margins keep a move from being undone by the next one. Near the end
+                // (less than two loads to go) a mover would load longer than it renders.
+                if t < 2.0 * costs.load_ms {
+                    return Plan::Held;
+                }
                 let spare = needs
                     .iter()
                     .any(|(m, need)| *m == own && *need <= -SWITCH_MARGIN);
@@ -721,6 +725,22 @@ mod tests {
                 "{w} on {held}"
             );
         }
+    }
+
+    #[test]
+    fn holders_do_not_move_when_less_than_two_loads_of_work_remain() {
+        let s = Scheduler::default();
+        costs(&s, 1_000, 30_000);
+        // b (60 s of images) has nobody, but the farm is ~40 s from done: a mover would
+        // spend most of what is left loading.
+        s.refresh(&counts("p", &[("a", 200), ("b", 60)]), 0);
+        for i in 0..8 {
+            serve(&s, &format!("w{i}"), "a");
+        }
+        assert_eq!(s.plan("p", "w0", &["a".into()], 0), Plan::Held);
+        // With more of b waiting, moving pays again.
+        s.refresh(&counts("p", &[("a", 200), ("b", 600)]), 0);
+        assert_eq!(s.plan("p", "w0", &["a".into()], 0), Plan::Load("b".into()));
     }
 
     #[test]

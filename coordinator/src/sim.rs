@@ -110,6 +110,17 @@ impl SimConfig {
         }
         config
     }
+
+    /// All jobs at the start and every image taking 1 s: what the scheduler learns of the
+    /// image cost from the first completions then holds for every waiting task, so the run
+    /// measures its decisions alone, apart from how well it predicts costs.
+    pub fn mixed_uniform() -> SimConfig {
+        let mut config = SimConfig::mixed_at_once();
+        for job in &mut config.jobs {
+            job.image_ms = 1000;
+        }
+        config
+    }
 }
 
 /// What no schedule of the workload can beat.
