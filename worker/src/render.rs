@@ -78,7 +78,8 @@ impl Renderer for Engine {
 /// per-image ones — the seed, the variation seed, the position in the A1111 batch and the
 /// prompts. Two tasks with equal keys run the same model, size, steps, sampler, schedule, CFG,
 /// LoRA set (the `<lora:…>` tags of both prompts, in order), hires and img2img settings; their
-/// noise and their prompts' conditioning (and prompt-editing schedules) are per image.
+/// noise and their prompts' conditioning (prompt-editing schedules and hires prompts
+/// included) are per image.
 pub fn batch_key(params: &RenderParams) -> RenderParams {
     RenderParams {
         seed: 0,
@@ -90,6 +91,8 @@ pub fn batch_key(params: &RenderParams) -> RenderParams {
             networks(&params.negative_prompt)
         ),
         negative_prompt: String::new(),
+        hr_prompt: String::new(),
+        hr_negative_prompt: String::new(),
         // Dynamic-prompt bookkeeping, not read by the renderer.
         prompt_template: String::new(),
         prompt_choices: Vec::new(),

@@ -192,6 +192,40 @@ fn batched_img2img_and_variation_seeds_match_rendering_alone() {
 }
 
 #[test]
+fn batched_hires_fix_matches_rendering_alone() {
+    let (_cache, engine) = engine();
+    // A latent upscaler and a pixel one (decode, Lanczos, encode with each image's seed);
+    // the second pass with its own sampler, and per-image hires prompts.
+    for (upscaler, hr_sampler) in [("Latent", "Use same sampler"), ("Lanczos", "DPM++ 2M")] {
+        let params: Vec<RenderParams> = tasks("Euler a", 4)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| RenderParams {
+                enable_hr: true,
+                hr_scale: 1.5,
+                hr_upscaler: upscaler.into(),
+                hr_sampler_name: hr_sampler.into(),
+                hr_second_pass_steps: 3,
+                denoising_strength: 0.55,
+                hr_prompt: if i == 2 {
+                    "a dog on a sofa".into()
+                } else {
+                    String::new()
+                },
+                ..p
+            })
+            .collect();
+        let (alone, batched) = compare(&engine, &params);
+        println!("hires {upscaler}: UNet calls alone {alone}, batched {batched}");
+        assert_eq!(
+            batched * params.len() as u64,
+            alone,
+            "hires {upscaler}: both passes should run batched"
+        );
+    }
+}
+
+#[test]
 fn prompts_of_different_lengths_share_the_batch_in_separate_passes() {
     let (_cache, engine) = engine();
     let long = vec!["a very detailed painting of a harbour"; 12].join(", ");

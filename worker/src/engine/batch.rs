@@ -2,10 +2,10 @@
 //! [`crate::render::batch_key`]) as one batch — one UNet call per model call for all images —
 //! each image identical to rendering it alone (see `chain/batch.rs` for what stays per image).
 //!
-//! What runs batched: txt2img and img2img passes. A request with a hires fix renders alone
-//! (its second pass upscales, re-encodes and re-noises per image), as does any set of requests
-//! that do not share a model, LoRA set, VAE, clip skip and img2img input after loading. Images
-//! whose prompts encode to different token lengths share the batch but run as separate passes.
+//! What runs batched: txt2img and img2img passes and the hires fix's second pass. A set of
+//! requests that do not share a model, LoRA set, VAE, clip skip and img2img input after
+//! loading renders one by one. Images whose prompts encode to different token lengths share
+//! the batch but run as separate passes.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -77,13 +77,11 @@ impl Engine {
             prepared.push(self.prepare(p).ok()?);
         }
         let head = &prepared[0];
-        let opt_f = head.pipeline.latent_downscale() as u32;
         let shared = prepared.iter().all(|p| {
             Arc::ptr_eq(&p.pipeline, &head.pipeline)
                 && p.vae_ref.as_ref().map(|v| &v.path) == head.vae_ref.as_ref().map(|v| &v.path)
                 && p.clip_skip == head.clip_skip
                 && p.params.init_image == head.params.init_image
-                && matches!(chain::hires_plan(&p.params, opt_f), Ok(None))
                 && crate::render::batchable(&p.params, &head.params)
         });
         if !shared {

@@ -265,6 +265,50 @@ fn encode(pipeline: &Pipeline, image: &RgbImage, seed: i64) -> Result<Tensor, En
     pipeline.encode(&tensor, &mut |numel| generator.randn(numel))
 }
 
+/// The hires pass's starting latents for one image: the first pass's latents upscaled
+/// (interpolated, or decoded, upscaled as pixels and encoded with the image's seed), then
+/// cropped to the second pass's size.
+fn hires_start(
+    pipeline: &Pipeline,
+    hr: &HiresPass,
+    params: &RenderParams,
+    latents: &Tensor,
+    decode: &dyn Fn(&Tensor) -> Result<Tensor, EngineError>,
+) -> Result<Tensor, EngineError> {
+    let plan = &hr.plan;
+    let f = pipeline.latent_downscale() as u32;
+    let (to_x, to_y) = plan.upscale_to;
+    let upscaled = match hr.upscaler {
+        Upscaler::Latent(mode) => {
+            resample::interpolate(latents, (to_y / f) as usize, (to_x / f) as usize, mode)?
+        }
+        Upscaler::Pixels { chained } => {
+            let decoded = decode(latents)?;
+            let lowres = resample::decoded_to_image(&decoded)?;
+            let image = resample::upscale_pixels(&lowres, to_x, to_y, chained);
+            encode(pipeline, &image, params.seed)?
+        }
+    };
+    let [r0, r1, c0, c1] = plan.crop_rows_cols.map(|v| v as usize);
+    Ok(upscaled.narrow(2, r0, r1 - r0)?.narrow(3, c0, c1 - c0)?)
+}
+
+/// The prompts of the hires pass: `hr_prompt` / `hr_negative_prompt`, each the first pass's
+/// when empty.
+fn hires_prompts(params: &RenderParams) -> (&str, &str) {
+    let prompt = if params.hr_prompt.is_empty() {
+        &params.prompt
+    } else {
+        &params.hr_prompt
+    };
+    let negative = if params.hr_negative_prompt.is_empty() {
+        &params.negative_prompt
+    } else {
+        &params.hr_negative_prompt
+    };
+    (prompt, negative)
+}
+
 /// Runs every pass of one image and returns its RGB8 pixels. `init_image` is the loaded
 /// img2img input, if any; `clip_skip` is already checked; `decode` is the VAE decode in use
 /// (the checkpoint's or an override).
@@ -354,37 +398,13 @@ pub(super) fn render_pixels(
     offset += first_total;
 
     if let Some(hr) = hires {
-        let plan = &hr.plan;
-        let f = pipeline.latent_downscale() as u32;
-        let (to_x, to_y) = plan.upscale_to;
-        let upscaled = match hr.upscaler {
-            Upscaler::Latent(mode) => {
-                resample::interpolate(&latents, (to_y / f) as usize, (to_x / f) as usize, mode)?
-            }
-            Upscaler::Pixels { chained } => {
-                let decoded = decode(&latents)?;
-                let lowres = resample::decoded_to_image(&decoded)?;
-                let image = resample::upscale_pixels(&lowres, to_x, to_y, chained);
-                encode(pipeline, &image, params.seed)?
-            }
-        };
-        let [r0, r1, c0, c1] = plan.crop_rows_cols.map(|v| v as usize);
-        let cropped = upscaled.narrow(2, r0, r1 - r0)?.narrow(3, c0, c1 - c0)?;
-        let (w, h) = plan.final_pixels;
+        let cropped = hires_start(pipeline, &hr, params, &latents, decode)?;
+        let (w, h) = hr.plan.final_pixels;
         let hr_shape = pipeline.latent_shape(w, h)?;
         let (hr_noise, mut hr_source) = noise_for(params, hr_shape, pipeline.latent_downscale())?;
         let hr_noise = hr_noise.to_device(&device)?;
         let hr_numel: usize = hr_shape.iter().product();
-        let prompt = if params.hr_prompt.is_empty() {
-            &params.prompt
-        } else {
-            &params.hr_prompt
-        };
-        let negative = if params.hr_negative_prompt.is_empty() {
-            &params.negative_prompt
-        } else {
-            &params.hr_negative_prompt
-        };
+        let (prompt, negative) = hires_prompts(params);
         let hr_calls = model_calls(hr.sampler, hr.steps);
         let (hr_cond, hr_uncond) = conds(
             pipeline,

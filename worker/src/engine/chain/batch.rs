@@ -10,6 +10,11 @@
 //! merged: the pass's schedule has an entry at every image's switch, each image's rows being
 //! its own entry for those calls.
 //!
+//! The hires fix's second pass is batched the same way: each image's first-pass latents are
+//! upscaled on their own (a pixel upscaler decodes them and encodes the result with the
+//! image's seed), each image gets the fresh generator and hires prompts it gets alone, and
+//! the second passes run stacked.
+//!
 //! Conditionings are stacked, not padded: images whose prompts encode to different token
 //! lengths (chunk counts) would need A1111's batch padding, which changes their pixels
 //! against a render alone. Such images run as separate passes (one per conditioning shape),
@@ -24,10 +29,13 @@ use sdfarm_proto::RenderParams;
 use super::super::conditioning::{self, EmbeddingLookup};
 use super::super::hires;
 use super::super::noise::NoiseSource;
-use super::super::pipeline::{Pipeline, ScheduledCond};
+use super::super::pipeline::{Pipeline, SampleSettings, ScheduledCond, StepTrace};
 use super::super::resample;
 use super::super::EngineError;
-use super::{check_strength, conds, encode, model_calls, noise_for, resolve_sampler, settings};
+use super::{
+    check_strength, conds, encode, hires_prompts, hires_start, model_calls, noise_for,
+    resolve_sampler, settings, weighted, HiresPass,
+};
 
 /// One image of a batch: its parameters and the embeddings lookup that records the
 /// textual-inversion embeddings its prompts use.
@@ -36,13 +44,16 @@ pub(in crate::engine) struct BatchImage<'a> {
     pub embeddings: &'a dyn EmbeddingLookup,
 }
 
-/// One image's inputs to the pass, as it would have them alone.
+/// One image's inputs to a pass, as it would have them alone.
 struct Prepared {
+    /// Unit-variance initial noise `[1, C, h, w]`.
     noise: Tensor,
+    /// The image's generator, continuing after the initial noise.
     source: NoiseSource,
     cond: Vec<(ScheduledCond, f64)>,
     uncond: ScheduledCond,
-    /// The img2img init latents (encoded with the image's own seed).
+    /// The latents a partial pass starts from: img2img's init (encoded with the image's own
+    /// seed) or the hires pass's upscaled first pass.
     init: Option<Tensor>,
 }
 
@@ -97,9 +108,118 @@ fn stack_schedules(schedules: &[&ScheduledCond]) -> Result<ScheduledCond, Engine
         .collect()
 }
 
-/// Renders images that share everything but their seeds, variation seeds and prompts, and run
-/// no hires fix (the caller checks), in as few passes as their conditioning shapes allow.
-/// Returns each image's RGB8 pixels in order. `on_step` counts the steps of all passes.
+/// Progress of a batch over all its passes: `on_step(step, total)` with the steps done so
+/// far, and a total that counts the passes known so far plus the expected rest.
+struct Progress<'a> {
+    on_step: &'a mut dyn FnMut(u32, u32) -> bool,
+    done: u32,
+    /// Expected steps after the passes running now (the hires passes, one shape each).
+    later: u32,
+}
+
+/// Runs `inputs` (each image's noise, generator, conditioning and, for a partial denoise,
+/// init latents) with `settings`, in one pass per conditioning shape, and returns each
+/// image's final latents `[1, C, h, w]` in order. `t_enc` makes the passes partial
+/// ([`Pipeline::sample_composable`]).
+fn run_passes(
+    pipeline: &Pipeline,
+    inputs: &mut [Prepared],
+    settings: &SampleSettings,
+    t_enc: Option<usize>,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<Tensor>, EngineError> {
+    // One pass per conditioning shape, in the order the shapes first appear.
+    let mut passes: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: HashMap<ShapeKey, usize> = HashMap::new();
+    for (i, p) in inputs.iter().enumerate() {
+        let next = passes.len();
+        let pass = *by_key.entry(shape_key(p)?).or_insert(next);
+        if pass == next {
+            passes.push(Vec::new());
+        }
+        passes[pass].push(i);
+    }
+    let device = pipeline.device().clone();
+    let pass_count = passes.len() as u32;
+    let mut latents: Vec<Option<Tensor>> = vec![None; inputs.len()];
+    for members in passes {
+        let n = members.len();
+        let stacked = |f: &dyn Fn(&Prepared) -> Tensor| -> Result<Tensor, EngineError> {
+            let rows: Vec<Tensor> = members.iter().map(|&i| f(&inputs[i])).collect();
+            Ok(Tensor::cat(&rows, 0)?)
+        };
+        let noise = stacked(&|p| p.noise.clone())?;
+        let init = match t_enc {
+            Some(t_enc) => Some((
+                stacked(&|p| p.init.clone().expect("a partial pass has init latents"))?,
+                t_enc,
+            )),
+            None => None,
+        };
+        let head = &inputs[members[0]];
+        let cond = (0..head.cond.len())
+            .map(|j| {
+                let schedules: Vec<&ScheduledCond> =
+                    members.iter().map(|&i| &inputs[i].cond[j].0).collect();
+                Ok((stack_schedules(&schedules)?, head.cond[j].1))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let uncond = stack_schedules(
+            &members
+                .iter()
+                .map(|&i| &inputs[i].uncond)
+                .collect::<Vec<_>>(),
+        )?;
+        let dims = noise.dims().to_vec();
+        let per_image: usize = dims[1..].iter().product();
+        // Each draw is every image's next draw from its own generator, in batch order.
+        let mut sources: Vec<&mut NoiseSource> = inputs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| members.contains(i))
+            .map(|(_, p)| &mut p.source)
+            .collect();
+        let mut fresh = || -> Result<Tensor, EngineError> {
+            let mut values = Vec::with_capacity(per_image * n);
+            for source in sources.iter_mut() {
+                values.extend(source.randn(per_image));
+            }
+            Ok(Tensor::from_vec(values, dims.clone(), &device)?)
+        };
+        let (done, later) = (progress.done, progress.later);
+        let mut pass_steps = 0u32;
+        let on_step = &mut progress.on_step;
+        let mut observe = |t: StepTrace<'_>| {
+            pass_steps = t.total as u32;
+            on_step(
+                done + t.step as u32,
+                done + t.total as u32 * pass_count + later,
+            )
+        };
+        let out = pipeline.sample_composable(
+            settings,
+            &weighted(&cond),
+            &uncond,
+            &noise,
+            init.as_ref().map(|(init, t_enc)| (init, *t_enc)),
+            &mut fresh,
+            &mut observe,
+        )?;
+        progress.done += pass_steps;
+        for (k, &i) in members.iter().enumerate() {
+            latents[i] = Some(out.i(k..k + 1)?);
+        }
+    }
+    Ok(latents
+        .into_iter()
+        .map(|l| l.expect("every image belongs to one pass"))
+        .collect())
+}
+
+/// Renders images that share everything but their seeds, variation seeds and prompts (the
+/// caller checks), in as few passes as their conditioning shapes allow: the first pass
+/// (txt2img or img2img), then the hires fix's second pass when the request has one. Returns
+/// each image's RGB8 pixels in order. `on_step` counts the steps of all passes.
 pub(in crate::engine) fn render_pixels_batch(
     pipeline: &Pipeline,
     images: &[BatchImage<'_>],
@@ -113,8 +233,10 @@ pub(in crate::engine) fn render_pixels_batch(
     };
     let params = head.params;
     let first = resolve_sampler(&params.sampler_name, &params.scheduler)?;
+    let hires = HiresPass::new(params, pipeline, first)?;
     let shape = pipeline.latent_shape(params.width, params.height)?;
     let device = pipeline.device().clone();
+    let opt_f = pipeline.latent_downscale();
     let steps = params.steps as usize;
     let calls = model_calls(first.0, steps);
     let strength = match init_image {
@@ -128,10 +250,10 @@ pub(in crate::engine) fn render_pixels_batch(
     let resized =
         init_image.map(|image| resample::upscale_pixels(image, params.width, params.height, false));
 
-    let mut prepared = Vec::with_capacity(images.len());
+    let mut inputs = Vec::with_capacity(images.len());
     for image in images {
         let p = image.params;
-        let (noise, source) = noise_for(p, shape, pipeline.latent_downscale())?;
+        let (noise, source) = noise_for(p, shape, opt_f)?;
         let (cond, uncond) = conds(
             pipeline,
             &p.prompt,
@@ -145,7 +267,7 @@ pub(in crate::engine) fn render_pixels_batch(
             Some(resized) => Some(encode(pipeline, resized, p.seed)?),
             None => None,
         };
-        prepared.push(Prepared {
+        inputs.push(Prepared {
             noise: noise.to_device(&device)?,
             source,
             cond,
@@ -153,120 +275,75 @@ pub(in crate::engine) fn render_pixels_batch(
             init,
         });
     }
-
-    // One pass per conditioning shape, in the order the shapes first appear.
-    let mut passes: Vec<Vec<usize>> = Vec::new();
-    let mut by_key: HashMap<ShapeKey, usize> = HashMap::new();
-    for (i, p) in prepared.iter().enumerate() {
-        let next = passes.len();
-        let pass = *by_key.entry(shape_key(p)?).or_insert(next);
-        if pass == next {
-            passes.push(Vec::new());
+    let mut progress = Progress {
+        on_step,
+        done: 0,
+        later: hires.as_ref().map_or(0, |h| match h.sampler.algorithm() {
+            Some(_) => h.steps as u32,
+            None => h.steps.saturating_sub(1) as u32,
+        }),
+    };
+    let mut latents = match strength {
+        Some(strength) => {
+            let (schedule_len, t_enc) = hires::img2img_steps(steps, strength, false);
+            let settings = settings(params, first.0, first.1, schedule_len);
+            run_passes(pipeline, &mut inputs, &settings, Some(t_enc), &mut progress)?
         }
-        passes[pass].push(i);
+        None => {
+            let settings = settings(params, first.0, first.1, steps);
+            run_passes(pipeline, &mut inputs, &settings, None, &mut progress)?
+        }
+    };
+
+    if let Some(hr) = hires {
+        let (w, h) = hr.plan.final_pixels;
+        let hr_shape = pipeline.latent_shape(w, h)?;
+        let hr_calls = model_calls(hr.sampler, hr.steps);
+        // Each image's second pass as it runs alone: a fresh generator, its own upscaled
+        // start and its own hires prompts.
+        let mut hr_inputs = Vec::with_capacity(images.len());
+        for (image, first_latents) in images.iter().zip(&latents) {
+            let p = image.params;
+            let start = hires_start(pipeline, &hr, p, first_latents, decode)?;
+            let (noise, source) = noise_for(p, hr_shape, opt_f)?;
+            let (prompt, negative) = hires_prompts(p);
+            let (cond, uncond) = conds(
+                pipeline,
+                prompt,
+                negative,
+                calls,
+                Some(hr_calls),
+                clip_skip,
+                image.embeddings,
+            )?;
+            hr_inputs.push(Prepared {
+                noise: noise.to_device(&device)?,
+                source,
+                cond,
+                uncond,
+                init: Some(start.contiguous()?),
+            });
+        }
+        let (schedule_len, t_enc) = hires::img2img_steps(hr.steps, params.denoising_strength, true);
+        let settings = settings(params, hr.sampler, hr.schedule, schedule_len);
+        progress.later = 0;
+        latents = run_passes(
+            pipeline,
+            &mut hr_inputs,
+            &settings,
+            Some(t_enc),
+            &mut progress,
+        )?;
     }
 
-    let pass_count = passes.len();
-    let mut done_steps = 0u32;
-    let mut pixels: Vec<Option<(u32, u32, Vec<u8>)>> = vec![None; images.len()];
-    for members in passes {
-        let n = members.len();
-        let per_image: usize = shape.iter().product();
-        let batch_shape = [n, shape[1], shape[2], shape[3]];
-        let noise = Tensor::cat(
-            &members
-                .iter()
-                .map(|&i| prepared[i].noise.clone())
-                .collect::<Vec<_>>(),
-            0,
-        )?;
-        let parts = prepared[members[0]].cond.len();
-        let cond = (0..parts)
-            .map(|j| {
-                let schedules: Vec<&ScheduledCond> =
-                    members.iter().map(|&i| &prepared[i].cond[j].0).collect();
-                Ok((stack_schedules(&schedules)?, prepared[members[0]].cond[j].1))
-            })
-            .collect::<Result<Vec<_>, EngineError>>()?;
-        let uncond = stack_schedules(
-            &members
-                .iter()
-                .map(|&i| &prepared[i].uncond)
-                .collect::<Vec<_>>(),
-        )?;
-        let init = match strength {
-            Some(_) => Some(Tensor::cat(
-                &members
-                    .iter()
-                    .map(|&i| {
-                        prepared[i]
-                            .init
-                            .clone()
-                            .expect("img2img images are encoded above")
-                    })
-                    .collect::<Vec<_>>(),
-                0,
-            )?),
-            None => None,
-        };
-        // Each draw is every image's next draw from its own generator, in batch order.
-        let mut sources: Vec<&mut NoiseSource> = Vec::with_capacity(n);
-        for (i, p) in prepared.iter_mut().enumerate() {
-            if members.contains(&i) {
-                sources.push(&mut p.source);
-            }
-        }
-        let mut fresh = || -> Result<Tensor, EngineError> {
-            let mut values = Vec::with_capacity(per_image * n);
-            for source in sources.iter_mut() {
-                values.extend(source.randn(per_image));
-            }
-            Ok(Tensor::from_vec(values, batch_shape.to_vec(), &device)?)
-        };
-        let mut pass_steps = 0u32;
-        let mut observe = |t: super::super::pipeline::StepTrace<'_>| {
-            pass_steps = t.total as u32;
-            on_step(
-                done_steps + t.step as u32,
-                t.total as u32 * pass_count as u32,
-            )
-        };
-        let weighted = super::weighted(&cond);
-        let latents = match (&init, strength) {
-            (Some(init), Some(strength)) => {
-                let (schedule_len, t_enc) = hires::img2img_steps(steps, strength, false);
-                pipeline.sample_composable(
-                    &settings(params, first.0, first.1, schedule_len),
-                    &weighted,
-                    &uncond,
-                    &noise,
-                    Some((init, t_enc)),
-                    &mut fresh,
-                    &mut observe,
-                )?
-            }
-            _ => pipeline.sample_composable(
-                &settings(params, first.0, first.1, steps),
-                &weighted,
-                &uncond,
-                &noise,
-                None,
-                &mut fresh,
-                &mut observe,
-            )?,
-        };
-        done_steps += pass_steps;
-        // The VAE decodes image by image: candle's batched decode rounds differently enough
-        // (up to 5/255 on the tiny model) to break "identical to rendering it alone", and the
-        // decode is a small part of a render next to the sampler's steps.
-        for (k, &i) in members.iter().enumerate() {
-            let decoded = decode(&latents.i(k..k + 1)?)?;
-            let image = resample::decoded_to_image(&decoded)?;
-            pixels[i] = Some((image.width(), image.height(), image.into_raw()));
-        }
-    }
-    Ok(pixels
-        .into_iter()
-        .map(|p| p.expect("every image belongs to one pass"))
-        .collect())
+    // The VAE decodes image by image: candle's batched decode rounds differently enough
+    // (up to 5/255 on the tiny model) to break "identical to rendering it alone", and the
+    // decode is a small part of a render next to the sampler's steps.
+    latents
+        .iter()
+        .map(|l| {
+            let image = resample::decoded_to_image(&decode(l)?)?;
+            Ok((image.width(), image.height(), image.into_raw()))
+        })
+        .collect()
 }
