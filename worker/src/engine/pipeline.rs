@@ -299,6 +299,23 @@ impl Pipeline {
         }
     }
 
+    /// Sets what the UNet predicts (for checkpoints whose files do not say).
+    pub fn set_prediction(&mut self, prediction: Prediction) {
+        self.prediction = prediction;
+    }
+
+    /// A1111's `is_using_v_parameterization_for_sd2`: the UNet at t = 999 on latents of 0.5
+    /// and a two-token context of 0.5 predicts `v` if its output is on average more than 1
+    /// below its input (an epsilon model returns about its input there).
+    pub fn unet_suggests_v_prediction(&self) -> Result<bool, EngineError> {
+        let x = Tensor::full(0.5f32, (1, self.unet_in_channels, 8, 8), &self.device)?;
+        let width = self.text_encoder.width();
+        let context = Tensor::full(0.5f32, (1, 2, width), &self.device)?;
+        let out = self.unet.forward(&x, 999.0, &context)?;
+        let mean = (out - &x)?.mean_all()?.to_scalar::<f32>()?;
+        Ok(mean < -1.0)
+    }
+
     /// Number of CLIP layers, the upper bound for clip skip.
     pub fn text_layers(&self) -> usize {
         self.text_encoder.num_layers()

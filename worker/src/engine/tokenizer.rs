@@ -85,6 +85,13 @@ impl PromptTokenizer {
         Ok(tokenizer)
     }
 
+    /// The same tokenizer filling the context with `pad_id` after the end token (SD 2.x and
+    /// SDXL's OpenCLIP encoders pad with 0).
+    pub fn with_pad_id(mut self, pad_id: u32) -> Self {
+        self.pad_id = pad_id;
+        self
+    }
+
     /// The id used to fill the context after the end token.
     pub fn pad_id(&self) -> u32 {
         self.pad_id

@@ -12,6 +12,7 @@ use candle_transformers::models::clip::text_model::ClipTextConfig;
 use super::ldm_keys::Part;
 use super::safe_file::SafeFile;
 use super::{ModelFormat, ResolvedModel};
+use crate::engine::clip::ClipActivation;
 use crate::engine::config::{self, UNetSettings, VaeSettings};
 use crate::engine::pipeline::{PartWeights, PipelineParts, Prediction};
 use crate::engine::schedule::DiscreteSchedule;
@@ -24,6 +25,8 @@ pub struct ModelTensors {
     pub tokenizer: PromptTokenizer,
     pub clip_config: ClipTextConfig,
     pub clip_layer_norm_eps: f64,
+    /// The text encoder's MLP activation.
+    pub clip_activation: ClipActivation,
     pub unet_settings: UNetSettings,
     pub vae_settings: VaeSettings,
     pub schedule: DiscreteSchedule,
@@ -109,6 +112,7 @@ impl ModelTensors {
                 .get("layer_norm_eps")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(1e-5),
+            clip_activation: config::clip_activation(&clip_json)?,
             unet_settings: config::unet_settings(&dir.join("unet/config.json"))?,
             vae_settings: config::vae_settings(&dir.join("vae/config.json"))?,
             schedule,
@@ -144,6 +148,7 @@ impl ModelTensors {
                 tokenizer: self.tokenizer,
                 clip_config: self.clip_config,
                 clip_layer_norm_eps: self.clip_layer_norm_eps,
+                clip_activation: self.clip_activation,
                 clip,
                 clip_2: None,
                 unet_settings: self.unet_settings,

@@ -14,6 +14,7 @@ pub mod lora;
 pub mod reference;
 pub mod safe_file;
 pub mod single_file;
+pub mod single_file_sd2;
 pub mod single_file_xl;
 mod tiny;
 pub mod vae;
@@ -106,6 +107,7 @@ impl ResolvedModel {
                 let file = safe_file::SafeFile::open(&self.dir)?;
                 match single_file::require_checkpoint(&file)? {
                     single_file::FileKind::Sdxl => single_file_xl::load_sdxl(&self.dir, &device),
+                    single_file::FileKind::Sd2 => single_file_sd2::load_sd2(&self.dir, &device),
                     _ => single_file::load_sd1(&self.dir, &device),
                 }
             }

@@ -116,15 +116,15 @@ pub fn require_sd1(file: &SafeFile) -> Result<(), EngineError> {
     }
 }
 
-/// Refuses anything but a loadable checkpoint (SD 1.x or SDXL base), saying what the file is
+/// Refuses anything but a loadable checkpoint (SD 1.x, SD 2.x or SDXL base), saying what the file is
 /// instead; returns which of the two it is.
 pub fn require_checkpoint(file: &SafeFile) -> Result<FileKind, EngineError> {
     let kind = detect(file);
     let hint = match kind {
-        FileKind::Sd1 | FileKind::Sdxl => return Ok(kind),
-        FileKind::Sd2 | FileKind::SdxlRefiner => {
-            "single-file loading supports SD 1.x and SDXL base checkpoints so far; use the \
-             model's diffusers folder instead"
+        FileKind::Sd1 | FileKind::Sd2 | FileKind::Sdxl => return Ok(kind),
+        FileKind::SdxlRefiner => {
+            "single-file loading supports SD 1.x, SD 2.x and SDXL base checkpoints so far; \
+             use the model's diffusers folder instead"
         }
         FileKind::UnetOnly => {
             "a checkpoint needs model.diffusion_model.*, first_stage_model.* and \
@@ -417,6 +417,7 @@ pub fn read_sd1(path: &Path, device: &Device) -> Result<ModelTensors, EngineErro
         tokenizer: PromptTokenizer::builtin()?,
         clip_config,
         clip_layer_norm_eps: 1e-5,
+        clip_activation: crate::engine::clip::ClipActivation::QuickGelu,
         unet_settings,
         vae_settings,
         schedule: DiscreteSchedule::sd15(),

@@ -38,7 +38,7 @@ const SDXL_VAE_SCALE: f64 = 0.13025;
 
 /// UNet attention heads per level width: SDXL's `num_head_channels: 64`, and 16-wide heads
 /// for the 32- and 64-channel levels of the tiny test UNets.
-fn unet_heads(channels: usize) -> Option<usize> {
+pub(crate) fn unet_heads(channels: usize) -> Option<usize> {
     match channels {
         32 => Some(2),
         64 => Some(4),
@@ -81,17 +81,18 @@ fn open_clip_name(rest: &str) -> Option<String> {
     })
 }
 
-/// The second encoder's tensors under transformers names: fused q/k/v split in three, the
-/// projection transposed back to a Linear weight.
-fn open_clip_tensors(
+/// An OpenCLIP text tower's tensors (under `prefix`) in transformers names: fused q/k/v split
+/// in three, the projection transposed back to a Linear weight.
+pub(crate) fn open_clip_tensors(
     file: &SafeFile,
+    prefix: &str,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, EngineError> {
     let bad = |reason: String| EngineError::invalid_model(file.path(), reason);
     let stored: Vec<(&str, String)> = file
         .tensors()
         .keys()
-        .filter_map(|k| Some((k.as_str(), k.strip_prefix(OPEN_CLIP_PREFIX)?.to_string())))
+        .filter_map(|k| Some((k.as_str(), k.strip_prefix(prefix)?.to_string())))
         .collect();
     let raw = file.read(&stored, device)?;
     let mut out = HashMap::new();
@@ -116,7 +117,7 @@ fn open_clip_tensors(
                 let rows = tensor.dim(0)?;
                 if rows % 3 != 0 {
                     return Err(bad(format!(
-                        "{OPEN_CLIP_PREFIX}{rest}: {rows} rows do not split into q, k and v"
+                        "{prefix}{rest}: {rows} rows do not split into q, k and v"
                     )));
                 }
                 for (i, which) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
@@ -130,7 +131,7 @@ fn open_clip_tensors(
             None if rest == "logit_scale" || rest.ends_with("attn_mask") => {}
             None => {
                 return Err(bad(format!(
-                    "{OPEN_CLIP_PREFIX}{rest} does not fit SDXL's OpenCLIP text encoder"
+                    "{prefix}{rest} does not fit an OpenCLIP text encoder"
                 )))
             }
         }
@@ -138,7 +139,7 @@ fn open_clip_tensors(
     Ok(out)
 }
 
-fn shapes_of(tensors: &HashMap<String, Tensor>) -> Shapes {
+pub(crate) fn shapes_of(tensors: &HashMap<String, Tensor>) -> Shapes {
     tensors
         .iter()
         .map(|(k, t)| (k.clone(), t.dims().to_vec()))
@@ -169,7 +170,7 @@ pub fn load_sdxl(path: &Path, device: &Device) -> Result<Pipeline, EngineError> 
         )));
     }
 
-    let clip_2 = open_clip_tensors(&file, device)?;
+    let clip_2 = open_clip_tensors(&file, OPEN_CLIP_PREFIX, device)?;
     let shapes_2 = shapes_of(&clip_2);
     let mut config_2 =
         single_file::clip_config(&shapes_2).map_err(|e| bad(format!("second {e}")))?;
@@ -226,6 +227,7 @@ pub fn load_sdxl(path: &Path, device: &Device) -> Result<Pipeline, EngineError> 
             tokenizer: PromptTokenizer::builtin()?,
             clip_config,
             clip_layer_norm_eps: 1e-5,
+            clip_activation: ClipActivation::QuickGelu,
             clip,
             clip_2: Some(SecondClipParts {
                 config: config_2,

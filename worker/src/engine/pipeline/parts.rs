@@ -53,6 +53,8 @@ pub struct PipelineParts<'a> {
     pub tokenizer: PromptTokenizer,
     pub clip_config: ClipTextConfig,
     pub clip_layer_norm_eps: f64,
+    /// The first text encoder's MLP activation (`gelu` for SD 2.x's OpenCLIP).
+    pub clip_activation: ClipActivation,
     pub clip: PartWeights<'a>,
     /// SDXL's second text encoder, `None` for SD 1.x / 2.x.
     pub clip_2: Option<SecondClipParts<'a>>,
@@ -126,6 +128,7 @@ impl Pipeline {
             tokenizer,
             clip_config,
             clip_layer_norm_eps,
+            clip_activation,
             clip,
             clip_2,
             unet_settings,
@@ -170,8 +173,13 @@ impl Pipeline {
                 ),
             ));
         }
-        let text_encoder = TextEncoder::new(clip.vb.clone(), &clip_config, clip_layer_norm_eps)
-            .map_err(|e| clip.error(e))?;
+        let text_encoder = TextEncoder::with_activation(
+            clip.vb.clone(),
+            &clip_config,
+            clip_layer_norm_eps,
+            clip_activation,
+        )
+        .map_err(|e| clip.error(e))?;
         let unet_model = UNet::new(
             unet.vb.clone(),
             unet_settings.in_channels,
