@@ -79,7 +79,7 @@ fn matmul_seconds() -> anyhow::Result<f64> {
 fn unet_step_seconds(steps: usize) -> anyhow::Result<f64> {
     let device = Device::Cpu;
     let vb = VarBuilder::zeros(DType::F32, &device);
-    let unet = UNet::new(vb, 4, 4, &sd15_unet())?;
+    let unet = UNet::new(vb, 4, 4, &sd15_unet(), None)?;
     let latents = Tensor::randn(0f32, 1., (2, 4, 32, 32), &device)?;
     let context = Tensor::randn(0f32, 1., (2, 77, 768), &device)?;
     unet.forward(&latents, 999., &context)?;
