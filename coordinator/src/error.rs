@@ -23,6 +23,8 @@ pub enum Error {
     Grid(#[from] crate::grid::GridError),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -34,6 +36,7 @@ impl From<Error> for tonic::Status {
             | Error::TooManyCells { .. }
             | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::ProtocolMismatch { .. } => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Grid(_) => Code::Unavailable,
             Error::UnknownWorker(_) => Code::Unauthenticated,
             Error::Store(StoreError::JobNotFound(_)) => Code::NotFound,

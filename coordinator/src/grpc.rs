@@ -248,7 +248,14 @@ impl JobService for GrpcApi {
         &self,
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        let job = self.inner.cancel(&req.into_inner().job_id).await?;
+        let job = {
+            let caller = req.extensions().get::<crate::auth::Caller>().cloned();
+            let job_id = req.into_inner().job_id;
+            self.inner
+                .check_owner(&job_id, caller.as_ref(), "cancel")
+                .await?;
+            self.inner.cancel(&job_id).await?
+        };
         Ok(Response::new(pb::CancelResponse {
             job: Some(job_to_proto(&job)),
         }))
@@ -258,7 +265,14 @@ impl JobService for GrpcApi {
         &self,
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
-        let job = self.inner.pause(&req.into_inner().job_id).await?;
+        let job = {
+            let caller = req.extensions().get::<crate::auth::Caller>().cloned();
+            let job_id = req.into_inner().job_id;
+            self.inner
+                .check_owner(&job_id, caller.as_ref(), "pause")
+                .await?;
+            self.inner.pause(&job_id).await?
+        };
         Ok(Response::new(pb::PauseResponse {
             job: Some(job_to_proto(&job)),
         }))
@@ -268,7 +282,14 @@ impl JobService for GrpcApi {
         &self,
         req: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::ResumeResponse>, Status> {
-        let job = self.inner.resume(&req.into_inner().job_id).await?;
+        let job = {
+            let caller = req.extensions().get::<crate::auth::Caller>().cloned();
+            let job_id = req.into_inner().job_id;
+            self.inner
+                .check_owner(&job_id, caller.as_ref(), "resume")
+                .await?;
+            self.inner.resume(&job_id).await?
+        };
         Ok(Response::new(pb::ResumeResponse {
             job: Some(job_to_proto(&job)),
         }))
@@ -278,7 +299,14 @@ impl JobService for GrpcApi {
         &self,
         req: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, Status> {
-        let (retried, job) = self.inner.retry(&req.into_inner().job_id).await?;
+        let (retried, job) = {
+            let caller = req.extensions().get::<crate::auth::Caller>().cloned();
+            let job_id = req.into_inner().job_id;
+            self.inner
+                .check_owner(&job_id, caller.as_ref(), "retry")
+                .await?;
+            self.inner.retry(&job_id).await?
+        };
         Ok(Response::new(pb::RetryResponse {
             job: Some(job_to_proto(&job)),
             retried,

@@ -1,6 +1,7 @@
 //! Controlling a job after it was submitted: pause, resume and retry, and the owner names
 //! the fair claim shares the farm between.
 
+use crate::auth::{Caller, Role};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::service::Coordinator;
@@ -31,6 +32,32 @@ pub fn owner_name(raw: &str) -> Result<String> {
 }
 
 impl Coordinator {
+    /// Whether `caller` may steer (pause, resume, retry, cancel) the job: a client only its
+    /// own jobs, an admin any. Without tokens there is no caller and everyone may, as before
+    /// tokens existed. `action` names the refused call in the message.
+    pub async fn check_owner(
+        &self,
+        job_id: &str,
+        caller: Option<&Caller>,
+        action: &str,
+    ) -> Result<()> {
+        let Some(caller) = caller.filter(|c| c.role != Role::Admin) else {
+            return Ok(());
+        };
+        let job = self.store.get_job(job_id).await?;
+        if job.owner == caller.name {
+            return Ok(());
+        }
+        tracing::warn!(job_id, owner = %job.owner, caller = %caller.name, action, "refused");
+        Err(Error::PermissionDenied(format!(
+            "cannot {action} job {job_id}: it belongs to owner {:?}, and the {} token of {:?} \
+             may only {action} its own jobs (an admin token may {action} any)",
+            job.owner,
+            caller.role.as_str(),
+            caller.name
+        )))
+    }
+
     /// Pauses a job: its waiting tasks are not leased until it is resumed; tasks already
     /// rendering finish and are recorded. A finished job is returned unchanged.
     pub async fn pause(&self, job_id: &str) -> Result<JobRecord> {

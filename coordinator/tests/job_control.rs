@@ -1,6 +1,6 @@
 //! Pause, resume and retry over a real loopback socket with tokens: client and admin tokens
 //! may steer jobs, a worker token may not; a paused job is not leased and its watch goes on;
-//! the owner of a job is the token's name.
+//! the owner of a job is the token's name, and only its owner (or an admin) may steer it.
 
 mod common;
 
@@ -204,4 +204,96 @@ async fn the_owner_of_a_job_is_the_token_name() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("\"bob smith\""), "{e}");
+}
+
+/// Pause, resume, retry and cancel of `job` as `c`, each call's result in that order.
+async fn steer(c: &mut Jobs, job: &str) -> Vec<(&'static str, Result<(), tonic::Status>)> {
+    let job_id = job.to_string();
+    vec![
+        (
+            "pause",
+            c.pause(pb::PauseRequest {
+                job_id: job_id.clone(),
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "resume",
+            c.resume(pb::ResumeRequest {
+                job_id: job_id.clone(),
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "retry",
+            c.retry(pb::RetryRequest {
+                job_id: job_id.clone(),
+            })
+            .await
+            .map(drop),
+        ),
+        (
+            "cancel",
+            c.cancel(pb::CancelRequest { job_id }).await.map(drop),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn only_the_owner_or_an_admin_may_steer_a_job() {
+    let farm = start().await;
+    let mut alice = jobs(&farm, Some(CLIENT)).await;
+    let job = submit(&mut alice, "").await.id;
+
+    let mut bob = jobs(&farm, Some(OTHER_CLIENT)).await;
+    for (action, result) in steer(&mut bob, &job).await {
+        let e = result.expect_err(action);
+        assert_eq!(e.code(), Code::PermissionDenied, "{action}: {e}");
+        for part in [action, job.as_str(), "\"alice\"", "\"bob\""] {
+            assert!(
+                e.message().contains(part),
+                "{action}: {e} should name {part}"
+            );
+        }
+    }
+    // None of bob's calls changed the job, and he may still read it.
+    let j = bob
+        .get_job(pb::GetJobRequest {
+            job_id: job.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(j.state, pb::JobState::Running as i32);
+
+    // The owner steers her own job.
+    let paused = alice
+        .pause(pb::PauseRequest {
+            job_id: job.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(paused.state, pb::JobState::Paused as i32);
+    // An admin steers anyone's: each call succeeds and the job ends cancelled.
+    let mut admin = jobs(&farm, Some(ADMIN)).await;
+    for (action, result) in steer(&mut admin, &job).await {
+        result.unwrap_or_else(|e| panic!("admin {action}: {e}"));
+    }
+    let j = alice
+        .get_job(pb::GetJobRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(j.state, pb::JobState::Cancelled as i32);
+
+    // Bob's own job is his to steer.
+    let his = submit(&mut bob, "").await.id;
+    for (action, result) in steer(&mut bob, &his).await {
+        result.unwrap_or_else(|e| panic!("bob {action} of his own job: {e}"));
+    }
 }

@@ -15,6 +15,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const CLIENT: &str = "client-token-0123456789";
+/// A second client, "bob", for checks that one client cannot steer another's jobs.
+pub const OTHER_CLIENT: &str = "client-token-bob-0123456789";
 pub const WORKER: &str = "worker-token-0123456789";
 pub const ADMIN: &str = "admin-token-0123456789";
 
@@ -29,7 +31,7 @@ pub async fn start() -> Farm {
     let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
     let store = open_store(&url).await.unwrap();
     let tokens = Tokens::parse(&format!(
-        "client {CLIENT} alice\nworker {WORKER} gpu-1\nadmin {ADMIN} ops\n"
+        "client {CLIENT} alice\nclient {OTHER_CLIENT} bob\nworker {WORKER} gpu-1\nadmin {ADMIN} ops\n"
     ))
     .unwrap();
     let config = CoordinatorConfig {
