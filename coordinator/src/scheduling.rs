@@ -294,14 +294,18 @@ impl PoolState {
 
     /// The model most short of workers at the target, if it misses at least `min` of a
     /// worker (ties: most waiting, then name).
+    /// Models in `cached` (on the worker's disk, so cheaper to load) come first.
     fn most_missing(
         needs: &[(&str, f64)],
         waiting: &HashMap<String, u64>,
         min: f64,
+        cached: &[String],
     ) -> Option<String> {
+        let in_cache = |m: &str| cached.iter().any(|c| c == m);
         needs
             .iter()
             .filter(|(_, need)| *need >= min)
+            .filter(|(m, _)| in_cache(m) || !needs.iter().any(|(c, n)| *n >= min && in_cache(c)))
             .max_by(|a, b| {
                 a.1.total_cmp(&b.1)
                     .then(waiting[a.0].cmp(&waiting[b.0]))
@@ -310,7 +314,7 @@ impl PoolState {
             .map(|(m, _)| m.to_string())
     }
 
-    fn plan(&self, worker: &str, held: &[String], now: Millis) -> Plan {
+    fn plan(&self, worker: &str, held: &[String], cached: &[String], now: Millis) -> Plan {
         let costs = self.costs();
         // The held model with the most waiting work, if any has some.
         let own = held
@@ -349,14 +353,14 @@ impl PoolState {
                     .iter()
                     .any(|(m, need)| *m == own && *need <= -SWITCH_MARGIN);
                 let missing_total: f64 = needs.iter().map(|(_, n)| n.max(0.0)).sum();
-                match Self::most_missing(&needs, &self.waiting, SWITCH_MARGIN) {
+                match Self::most_missing(&needs, &self.waiting, SWITCH_MARGIN, cached) {
                     Some(model) if spare && missing_total > self.free_workers(worker, now) => {
                         Plan::Load(model)
                     }
                     _ => Plan::Held,
                 }
             }
-            None => match Self::most_missing(&needs, &self.waiting, JOIN_MARGIN) {
+            None => match Self::most_missing(&needs, &self.waiting, JOIN_MARGIN, cached) {
                 Some(model) => Plan::Load(model),
                 None => Plan::Wait,
             },
@@ -421,9 +425,22 @@ impl Scheduler {
 
     /// What `worker` of `pool`, holding `held`, should claim now.
     pub fn plan(&self, pool: &str, worker: &str, held: &[String], now: Millis) -> Plan {
+        self.plan_with_cache(pool, worker, held, &[], now)
+    }
+
+    /// `plan` for a worker that also has `cached` models on its disk: when it must load,
+    /// a model from its cache is preferred among those short of workers.
+    pub fn plan_with_cache(
+        &self,
+        pool: &str,
+        worker: &str,
+        held: &[String],
+        cached: &[String],
+        now: Millis,
+    ) -> Plan {
         let state = self.state.lock().unwrap();
         match state.pools.get(pool) {
-            Some(p) => p.plan(worker, held, now),
+            Some(p) => p.plan(worker, held, cached, now),
             None => Plan::Any,
         }
     }
@@ -510,7 +527,8 @@ impl Scheduler {
         }
     }
 
-    /// Claims up to `max` tasks for `worker` following the plan (see the module docs).
+    /// Claims up to `max` tasks for `worker`, which holds `held` in memory and `cached` on
+    /// disk, following the plan (see the module docs).
     #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
@@ -518,6 +536,7 @@ impl Scheduler {
         worker: &str,
         pool: &str,
         held: &[String],
+        cached: &[String],
         max: u32,
         lease_ms: i64,
         now: Millis,
@@ -533,7 +552,7 @@ impl Scheduler {
             .entry(pool.to_string())
             .or_insert_with(PoolState::new)
             .holder_timeout_ms = lease_ms.max(1);
-        let plan = self.plan(pool, worker, held, now);
+        let plan = self.plan_with_cache(pool, worker, held, cached, now);
         let mut tasks = Vec::new();
         if let Plan::Load(model) = &plan {
             if !held.is_empty() {
@@ -558,7 +577,7 @@ impl Scheduler {
         if tasks.is_empty() {
             // Nothing for the held models: recompute with none held, as the counts may have
             // said the held models had work they no longer have at this priority.
-            match self.plan(pool, worker, &[], now) {
+            match self.plan_with_cache(pool, worker, &[], cached, now) {
                 Plan::Load(model) => {
                     tasks = store
                         .claim_for_models(worker, pool, &[model], max, lease_ms, now)
@@ -741,6 +760,30 @@ mod tests {
         // With more of b waiting, moving pays again.
         s.refresh(&counts("p", &[("a", 200), ("b", 600)]), 0);
         assert_eq!(s.plan("p", "w0", &["a".into()], 0), Plan::Load("b".into()));
+    }
+
+    #[test]
+    fn a_worker_loads_from_its_disk_cache_when_that_model_is_short_of_workers() {
+        let s = Scheduler::default();
+        s.refresh(&counts("p", &[("a", 300), ("b", 200)]), 0);
+        costs(&s, 1_000, 30_000);
+        // Four free workers: both models miss some.
+        for w in ["w3", "w4", "w5"] {
+            s.idle("p", w, 0);
+        }
+        assert_eq!(s.plan("p", "w1", &[], 0), Plan::Load("a".into()));
+        let cached = ["b".to_string()];
+        assert_eq!(
+            s.plan_with_cache("p", "w1", &[], &cached, 0),
+            Plan::Load("b".into())
+        );
+        // A cached model that needs nobody is not loaded for the cache's sake.
+        s.refresh(&counts("p", &[("a", 300), ("b", 20)]), 0);
+        serve(&s, "w2", "b");
+        assert_eq!(
+            s.plan_with_cache("p", "w1", &[], &cached, 0),
+            Plan::Load("a".into())
+        );
     }
 
     #[test]

@@ -372,6 +372,11 @@ impl Coordinator {
             .seen(worker_id, Some(pool), self.clock.now_ms());
         self.announce(worker_id, Some(pool.to_string()), None);
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_lease_wait);
+        let cached = self
+            .workers
+            .get(worker_id)
+            .map(|w| w.cached_models)
+            .unwrap_or_default();
         loop {
             // Register interest before claiming so a submit between the claim and the wait
             // is not missed.
@@ -384,6 +389,7 @@ impl Coordinator {
                     worker_id,
                     pool,
                     loaded_models,
+                    &cached,
                     max.max(1),
                     self.lease_ms(),
                     now,
