@@ -11,9 +11,9 @@
 
 mod common;
 use candle_core::{Device, Tensor};
-use common::{max_abs, max_abs_value, reference_dir, Cases};
+use common::{check_decode, max_abs, max_abs_value, reference_dir, Cases, DecodeBounds};
 
-use sdfarm_worker::engine::pipeline::{decoded_to_rgb8, Prediction};
+use sdfarm_worker::engine::pipeline::Prediction;
 use sdfarm_worker::engine::sampler::DdimVariant;
 use sdfarm_worker::engine::torch_rng::TorchGenerator;
 use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
@@ -106,41 +106,16 @@ fn run_case(case: &str, sampler: Sampler) {
         "{case}: final latents drift"
     );
 
-    let decoded_ref = cases.tensor(&format!("{case}.vae_decoded_raw"));
-    let vae_err = max_abs(&pipeline.decode(&final_ref).unwrap(), &decoded_ref);
-    println!("{case}: VAE decode of reference latents max abs error {vae_err:.3e}");
-    assert!(vae_err < 2e-5, "{case}: VAE decode differs by {vae_err}");
-
-    let decoded = pipeline.decode(&final_latents).unwrap();
-    let image_ref = cases.tensor(&format!("{case}.image"));
-    let float_image = ((&decoded / 2.0).unwrap() + 0.5)
-        .unwrap()
-        .clamp(0f32, 1f32)
-        .unwrap()
-        .permute((0, 2, 3, 1))
-        .unwrap();
-    let float_err = max_abs(&float_image, &image_ref);
-    println!("{case}: float image max abs error {float_err:.3e}");
-    assert!(
-        float_err < 2e-5,
-        "{case}: float image differs by {float_err}"
-    );
-
-    let (width, height, rgb) = decoded_to_rgb8(&decoded).unwrap();
-    assert_eq!((width, height), (64, 64));
-    let image_ref: Vec<f32> = image_ref.flatten_all().unwrap().to_vec1().unwrap();
-    let max_level_err = rgb
-        .iter()
-        .zip(&image_ref)
-        .map(|(&ours, &reference)| {
-            (ours as i32 - (reference * 255.0).round_ties_even() as i32).abs()
-        })
-        .max()
-        .unwrap();
-    println!("{case}: image max error {max_level_err} levels of 255");
-    assert!(
-        max_level_err <= 1,
-        "{case}: image differs by {max_level_err}/255"
+    check_decode(
+        &pipeline,
+        &cases,
+        case,
+        &final_latents,
+        &DecodeBounds {
+            vae: 2e-5,
+            image: 2e-5,
+            levels: 1,
+        },
     );
 }
 
