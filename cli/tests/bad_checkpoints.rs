@@ -2,9 +2,11 @@
 //! bomb: those images fail with their reasons, without retries, and the same embedded worker
 //! renders the good checkpoints' images.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{image_infotexts, run_sweep, tiny_sweep};
 use sha2::{Digest, Sha256};
 
 fn reference_single_file() -> Option<PathBuf> {
@@ -14,20 +16,6 @@ fn reference_single_file() -> Option<PathBuf> {
     };
     let file = dir.join("tiny-sd/tiny-sd-v1.safetensors");
     file.is_file().then_some(file)
-}
-
-/// The image's infotext as `sdfarm info --json` reads it back.
-fn infotext(path: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(["info", path.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -55,25 +43,11 @@ fn bad_checkpoints_fail_with_reasons_and_good_ones_render() {
         Some(file) => checkpoints.push(file.display().to_string()),
         None => println!("skipped the single-file cell: ../shared/reference not found"),
     }
-    let sweep = dir.path().join("s.toml");
-    std::fs::write(
-        &sweep,
-        format!(
-            "model = \"builtin:tiny-sd\"\nprompt = \"a red barn\"\nseed = 3\nsteps = 2\n\
-             sampler_name = \"Euler\"\nwidth = 32\nheight = 32\n[xyz]\n\
-             x = {{ type = \"Checkpoint name\", values = \"{}\" }}\n",
-            checkpoints.join(", ")
-        ),
-    )
-    .unwrap();
-    let out_dir = dir.path().join("out");
-    let out = Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(["run", sweep.to_str().unwrap(), "--out"])
-        .arg(&out_dir)
-        .arg("--cache")
-        .arg(dir.path().join("cache"))
-        .output()
-        .unwrap();
+    let out = run_sweep(
+        dir.path(),
+        &tiny_sweep("Checkpoint name", &checkpoints.join(", ")),
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stderr}\n{stdout}");
@@ -92,20 +66,7 @@ fn bad_checkpoints_fail_with_reasons_and_good_ones_render() {
         assert_eq!(line.matches(file).count(), 1, "{line}");
     }
 
-    let job_dir = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.ends_with(".sdfarm"))
-        .expect("a job folder");
-    let infotexts: Vec<serde_json::Value> = std::fs::read_dir(&job_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.ends_with(".png") && !name.contains("grid")
-        })
-        .map(|p| infotext(&p))
-        .collect();
+    let infotexts = image_infotexts(&dir.path().join("out"));
     let models: std::collections::BTreeSet<String> = infotexts
         .iter()
         .map(|t| {

@@ -3,52 +3,14 @@
 //! `SDFARM_LORA_DIR`) and the images' infotexts list them as A1111's "TI hashes" and
 //! "Lora hashes".
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use common::{image_infotexts, run_sweep, safetensors, sdfarm, tiny_embedding, tiny_sweep, values};
 use sha2::{Digest, Sha256};
-
-/// A `.safetensors` file of F32 tensors, written by hand: 8-byte header length, JSON
-/// header (padded to 8 bytes), data.
-fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, shape, values) in tensors {
-        let start = data.len();
-        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut json = serde_json::Value::Object(header).to_string();
-    while json.len() % 8 != 0 {
-        json.push(' ');
-    }
-    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(json.as_bytes());
-    bytes.extend_from_slice(&data);
-    bytes
-}
-
-fn values(n: usize, phase: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (i as f32 * 0.37 + phase).sin() * 0.5)
-        .collect()
-}
-
-fn infotext(path: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(["info", path.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[test]
 fn embeddings_and_loras_are_used_by_name_and_listed_in_the_infotext() {
@@ -57,7 +19,7 @@ fn embeddings_and_loras_are_used_by_name_and_listed_in_the_infotext() {
     let loras = dir.path().join("Lora");
     std::fs::create_dir_all(&embeddings).unwrap();
     std::fs::create_dir_all(&loras).unwrap();
-    let embedding = safetensors(&[("emb_params", vec![2, 32], values(64, 0.0))]);
+    let embedding = tiny_embedding();
     std::fs::write(embeddings.join("tinystyle.safetensors"), &embedding).unwrap();
     let rank = 4;
     let lora = safetensors(&[
@@ -79,45 +41,21 @@ fn embeddings_and_loras_are_used_by_name_and_listed_in_the_infotext() {
     ]);
     std::fs::write(loras.join("tinylora.safetensors"), &lora).unwrap();
 
-    let sweep = dir.path().join("s.toml");
-    std::fs::write(
-        &sweep,
-        "model = \"builtin:tiny-sd\"\nprompt = \"a red barn\"\nseed = 3\nsteps = 2\n\
-         sampler_name = \"Euler\"\nwidth = 32\nheight = 32\n[xyz]\n\
-         x = { type = \"Prompt S/R\", values = \"red, tinystyle, <lora:tinylora:0.8>\" }\n",
-    )
-    .unwrap();
-    let out_dir = dir.path().join("out");
-    let out = Command::new(env!("CARGO_BIN_EXE_sdfarm"))
-        .args(["run", sweep.to_str().unwrap(), "--out"])
-        .arg(&out_dir)
-        .arg("--cache")
-        .arg(dir.path().join("cache"))
-        .env("SDFARM_EMBEDDINGS_DIR", &embeddings)
-        .env("SDFARM_LORA_DIR", &loras)
-        .output()
-        .unwrap();
+    let out = run_sweep(
+        dir.path(),
+        &tiny_sweep("Prompt S/R", "red, tinystyle, <lora:tinylora:0.8>"),
+        &[
+            ("SDFARM_EMBEDDINGS_DIR", &embeddings),
+            ("SDFARM_LORA_DIR", &loras),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-
-    let job_dir = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.ends_with(".sdfarm"))
-        .expect("a job folder");
-    let infotexts: Vec<serde_json::Value> = std::fs::read_dir(&job_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.ends_with(".png") && !name.contains("grid")
-        })
-        .map(|p| infotext(&p))
-        .collect();
+    let infotexts = image_infotexts(&dir.path().join("out"));
     assert_eq!(infotexts.len(), 3);
     let by_prompt = |word: &str| {
         infotexts
@@ -140,5 +78,124 @@ fn embeddings_and_loras_are_used_by_name_and_listed_in_the_infotext() {
     assert_eq!(
         by_prompt("lora")["Lora hashes"].as_str(),
         Some(format!("tinylora: {}", &addnet[..12]).as_str())
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "coordinator never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn worker_embeddings_dir_flag_names_the_folder_embeddings_come_from() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not <models>/embeddings and not in the environment: only the flag leads to it.
+    let embeddings = dir.path().join("my-embeddings");
+    std::fs::create_dir_all(&embeddings).unwrap();
+    let embedding = tiny_embedding();
+    std::fs::write(embeddings.join("tinystyle.safetensors"), &embedding).unwrap();
+
+    let port = free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let bin = env!("CARGO_BIN_EXE_sdfarm");
+    let _coordinator = Killed(
+        Command::new(bin)
+            .arg("coordinator")
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--http", ""])
+            .arg("--store")
+            .arg(dir.path().join("images"))
+            .env_remove("SDFARM_TOKENS_FILE")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    let worker = |embeddings_dir: &Path| {
+        Command::new(bin)
+            .args(["worker", "--coordinator", &addr, "--name", "ti"])
+            .arg("--cache")
+            .arg(dir.path().join("cache"))
+            .arg("--embeddings-dir")
+            .arg(embeddings_dir)
+            .env_remove("SDFARM_EMBEDDINGS_DIR")
+            .env_remove("SDFARM_MODELS_DIR")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // A folder that does not exist is named at start-up, not discovered at the first prompt.
+    let missing = dir.path().join("nowhere");
+    let out = worker(&missing).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--embeddings-dir") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
+
+    let _worker = Killed(worker(&embeddings));
+    let sweep = common::write(
+        dir.path(),
+        "s.toml",
+        &tiny_sweep("Prompt S/R", "red, tinystyle"),
+    );
+    let out = sdfarm(&["submit", &sweep, "--coordinator", &addr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = sdfarm(&["wait", &job, "--coordinator", &addr]);
+    assert!(
+        out.status.success(),
+        "job {job}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let infotexts = image_infotexts(&dir.path().join("images"));
+    assert_eq!(infotexts.len(), 2, "{infotexts:?}");
+    let styled = infotexts
+        .iter()
+        .find(|t| {
+            t["Prompt"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("tinystyle")
+        })
+        .expect("the image whose prompt names the embedding");
+    let sha = hex::encode(Sha256::digest(&embedding));
+    assert_eq!(
+        styled["TI hashes"].as_str(),
+        Some(format!("tinystyle: {}", &sha[..12]).as_str()),
+        "the worker used the embedding from --embeddings-dir: {styled}"
     );
 }

@@ -28,3 +28,92 @@ pub fn job_dir(out_dir: &Path) -> PathBuf {
         .find(|p| p.is_dir() && !p.ends_with(".sdfarm"))
         .expect("a job folder")
 }
+
+/// Runs `sdfarm run` on `sweep` (written to `dir/s.toml`) with its own model cache under
+/// `dir`, the output in `dir/out`, and `env` set.
+pub fn run_sweep(dir: &Path, sweep: &str, env: &[(&str, &Path)]) -> Output {
+    let path = write(dir, "s.toml", sweep);
+    Command::new(env!("CARGO_BIN_EXE_sdfarm"))
+        .args(["run", &path, "--out"])
+        .arg(dir.join("out"))
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("running sdfarm")
+}
+
+/// The image's infotext as `sdfarm info --json` reads it back.
+pub fn infotext(path: &Path) -> serde_json::Value {
+    let out = sdfarm(&["info", path.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The infotexts of the images (not the grids) found anywhere under `dir`.
+pub fn image_infotexts(dir: &Path) -> Vec<serde_json::Value> {
+    let mut pngs = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                todo.push(path);
+            } else if name.ends_with(".png") && !name.contains("grid") {
+                pngs.push(path);
+            }
+        }
+    }
+    pngs.sort();
+    pngs.iter().map(|p| infotext(p)).collect()
+}
+
+/// A `.safetensors` file of F32 tensors, written by hand: 8-byte header length, JSON
+/// header (padded to 8 bytes), data.
+pub fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut json = serde_json::Value::Object(header).to_string();
+    while json.len() % 8 != 0 {
+        json.push(' ');
+    }
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(&data);
+    bytes
+}
+
+/// Deterministic tensor values of modest size, different for each `phase`.
+pub fn values(n: usize, phase: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (i as f32 * 0.37 + phase).sin() * 0.5)
+        .collect()
+}
+
+/// A textual-inversion embedding of two vectors for the built-in tiny model (CLIP width 32).
+pub fn tiny_embedding() -> Vec<u8> {
+    safetensors(&[("emb_params", vec![2, 32], values(64, 0.0))])
+}
+
+/// The sweep both CLI model tests render: the built-in tiny model, 32x32, two Euler steps, one
+/// image per entry of `[xyz] x` (of type `axis`).
+pub fn tiny_sweep(axis: &str, values: &str) -> String {
+    format!(
+        "model = \"builtin:tiny-sd\"\nprompt = \"a red barn\"\nseed = 3\nsteps = 2\n\
+         sampler_name = \"Euler\"\nwidth = 32\nheight = 32\n[xyz]\n\
+         x = {{ type = \"{axis}\", values = \"{values}\" }}\n"
+    )
+}
