@@ -25,6 +25,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
+use sdfarm_worker::engine::attention::{attend, attend_unfused};
 use sdfarm_worker::engine::pipeline::decoded_to_rgb8;
 use sdfarm_worker::engine::unet::UNet;
 use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
@@ -90,6 +91,30 @@ fn unet_step_seconds(steps: usize) -> anyhow::Result<f64> {
         times.push(t.elapsed().as_secs_f64());
     }
     Ok(median(times))
+}
+
+/// Milliseconds of the tiled attention and of the untiled form (score tensor, softmax, value
+/// product, as candle's `CrossAttention` computes it), best of three, for `[2, n, heads·d]`
+/// queries over `m` keys.
+fn attention_ms(n: usize, m: usize, heads: usize, d: usize) -> anyhow::Result<(f64, f64)> {
+    let q = Tensor::randn(0f32, 1., (2, n, heads * d), &Device::Cpu)?;
+    let k = Tensor::randn(0f32, 1., (2, m, heads * d), &Device::Cpu)?;
+    let v = Tensor::randn(0f32, 1., (2, m, heads * d), &Device::Cpu)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let best = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<f64> {
+        f()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            f()?;
+            best = best.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(best)
+    };
+    Ok((
+        best(&|| attend(&q, &k, &v, heads, scale))?,
+        best(&|| attend_unfused(&q, &k, &v, heads, scale))?,
+    ))
 }
 
 fn tiny_dir() -> Option<PathBuf> {
@@ -169,6 +194,20 @@ fn main() -> anyhow::Result<()> {
         matmul * 1e3,
         2.0 * 1024f64.powi(3) / matmul / 1e9
     );
+
+    // The UNet's largest attentions: SD 1.5's first level (1024 tokens, 8 heads of 40; self
+    // and cross) and the tiny model's (1024 tokens, 8 heads of 4).
+    for (what, n, m, heads, d) in [
+        ("SD 1.5 self ", 1024, 1024, 8, 40),
+        ("SD 1.5 cross", 1024, 77, 8, 40),
+        ("tiny self   ", 1024, 1024, 8, 4),
+    ] {
+        let (fused, unfused) = attention_ms(n, m, heads, d)?;
+        println!(
+            "  attention {what} [2, {n}, {heads}×{d}] × {m} keys: tiled {fused:.1} ms, untiled {unfused:.1} ms ({:.1}x)",
+            unfused / fused
+        );
+    }
 
     let unet = unet_step_seconds(steps)?;
     println!(

@@ -8,6 +8,7 @@
 //!
 //! Submodules are public so tests can check each stage against reference tensors.
 
+pub mod attention;
 mod batch;
 mod chain;
 pub mod clip;

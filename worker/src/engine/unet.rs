@@ -6,19 +6,19 @@
 //! where diffusers (and the original LDM code) use the exact erf form. The approximation moves
 //! every UNet output by ~5e-5, which is visible in the final latents after a few steps. The
 //! network is therefore assembled here from candle's public pieces (ResNet blocks, timestep
-//! embeddings, attention) around sdfarm's own transformer block with the exact GELU, which
-//! brings a UNet evaluation within torch's own run-to-run spread (~2e-6).
+//! embeddings) around sdfarm's own transformer block with the exact GELU and tiled attention
+//! (`attention.rs`), which brings a UNet evaluation within torch's own run-to-run spread (~2e-6).
 //!
 //! Two more differences from candle's assembly: the down/up ResNet blocks use the configured
 //! `norm_num_groups` (candle hard-codes 32), and linear `proj_out` maps inner_dim → channels.
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
-use candle_transformers::models::stable_diffusion::attention::CrossAttention;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
 
+use super::attention::Attention;
 use super::config::TextTimeEmbedding;
 
 /// `GEGLU` followed by the output projection, with the exact (erf) GELU.
@@ -47,9 +47,9 @@ impl FeedForward {
 /// Self-attention, cross-attention and feed-forward, each pre-normed and residual.
 struct TransformerBlock {
     norm1: nn::LayerNorm,
-    attn1: CrossAttention,
+    attn1: Attention,
     norm2: nn::LayerNorm,
-    attn2: CrossAttention,
+    attn2: Attention,
     norm3: nn::LayerNorm,
     ff: FeedForward,
 }
@@ -59,17 +59,9 @@ impl TransformerBlock {
         let head_dim = dim / heads;
         Ok(TransformerBlock {
             norm1: nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: CrossAttention::new(vb.pp("attn1"), dim, None, heads, head_dim, None, false)?,
+            attn1: Attention::new(vb.pp("attn1"), dim, None, heads, head_dim)?,
             norm2: nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: CrossAttention::new(
-                vb.pp("attn2"),
-                dim,
-                Some(context_dim),
-                heads,
-                head_dim,
-                None,
-                false,
-            )?,
+            attn2: Attention::new(vb.pp("attn2"), dim, Some(context_dim), heads, head_dim)?,
             norm3: nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
         })
