@@ -4,18 +4,56 @@
 //! cell to cell. Postgres stores each job's base parameters once (`jobs.base_params`, compact
 //! JSON) and each task's parameters as a JSON object of the fields whose value differs from
 //! the base, including fields the task has at their default while the base does not. The
-//! full parameters are the base with the delta's keys laid over it (`jsonb ||`, a shallow
-//! merge, exact here because every field is a scalar or a list replaced whole); a job with
+//! full parameters are the base with the delta's keys laid over it (a shallow merge, exact
+//! here because every field is a scalar or a list replaced whole; see [`full_params`]); a
+//! job with
 //! no base stores each task's fields that differ from the defaults, which is the compact
 //! JSON every reader already parses with `#[serde(default)]`.
 //!
 //! The delta is written by walking the derived `Serialize` of `RenderParams` field by field
 //! (a small `Serializer` that accepts only a struct), so a million rows cost no JSON maps.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use sdfarm_proto::RenderParams;
 use serde::ser::{self, Impossible, Serialize, SerializeStruct};
+use serde_json::{Map, Value};
+
+thread_local! {
+    /// The last base parsed: the rows of one listing or claim share their job's base.
+    static LAST_BASE: RefCell<Option<(String, Map<String, Value>)>> = const { RefCell::new(None) };
+}
+
+/// A task's full parameters from its stored `params`: a delta laid over the job's `base`,
+/// or, for jobs without one, the parameters themselves.
+pub(super) fn full_params(base: Option<&str>, params: &str) -> serde_json::Result<RenderParams> {
+    let Some(base) = base else {
+        return serde_json::from_str(params);
+    };
+    let Value::Object(delta) = serde_json::from_str::<Value>(params)? else {
+        return Err(serde::de::Error::custom(
+            "a parameter delta must be a JSON object",
+        ));
+    };
+    let mut full = LAST_BASE.with(|last| -> serde_json::Result<Map<String, Value>> {
+        let mut last = last.borrow_mut();
+        if let Some((text, map)) = last.as_ref() {
+            if text == base {
+                return Ok(map.clone());
+            }
+        }
+        let Value::Object(map) = serde_json::from_str::<Value>(base)? else {
+            return Err(serde::de::Error::custom(
+                "base parameters must be a JSON object",
+            ));
+        };
+        *last = Some((base.to_string(), map.clone()));
+        Ok(map)
+    })?;
+    full.extend(delta);
+    serde_json::from_value(Value::Object(full))
+}
 
 /// The base a job's task deltas are written against: each field's JSON, in the order the
 /// derived `Serialize` visits them.
@@ -226,18 +264,10 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// The reader's merge: the base's keys with the delta's laid over them.
+    /// The reader's merge, with the base stored as the job stores it.
     fn merged(base: &RenderParams, delta: &str) -> RenderParams {
-        let Value::Object(mut full) =
-            serde_json::from_str(&ParamsBase::defaults().delta_json(base)).unwrap()
-        else {
-            panic!("base is not an object");
-        };
-        let Value::Object(delta) = serde_json::from_str(delta).unwrap() else {
-            panic!("delta is not an object: {delta}");
-        };
-        full.extend(delta);
-        serde_json::from_value(Value::Object(full)).unwrap()
+        let stored_base = ParamsBase::defaults().delta_json(base);
+        full_params(Some(&stored_base), delta).unwrap()
     }
 
     #[test]

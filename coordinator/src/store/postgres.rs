@@ -31,21 +31,25 @@ pub(super) use counts::ModelCounts;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// A task's full parameters: its delta laid over its job's base (see `store::delta`).
+/// A task's parameters as stored (its delta) and its job's base, which the reader lays the
+/// delta under (see `store::delta`); the base is `NULL` for jobs that store full parameters.
+/// `$base` selects the base; by default, per row from the task's job.
 macro_rules! task_params {
     () => {
-        "COALESCE((SELECT (j.base_params::jsonb || tasks.params::jsonb)::text FROM jobs j \
-                   WHERE j.id = tasks.job_id AND j.base_params IS NOT NULL), tasks.params)"
+        task_params!("(SELECT j.base_params FROM jobs j WHERE j.id = tasks.job_id)")
+    };
+    ($base:literal) => {
+        concat!("params, ", $base, " AS base_params")
     };
 }
 
 /// Columns every task query returns, in `TaskRow`'s shape.
 macro_rules! task_columns {
-    () => {
+    ($($base:literal)?) => {
         concat!(
             "id, job_id, image_index, priority, ",
-            task_params!(),
-            " AS params, state, attempt, \
+            task_params!($($base)?),
+            ", state, attempt, \
          max_attempts, output_key, lease_owner, completed_by, lease_expires_at, scheduled_at, \
          sha256, infotext, errors::text AS errors, finalized_at, pool"
         )
@@ -102,9 +106,10 @@ const COPY_TASKS: &str = "COPY tasks \
       owner, cell_key, model) \
      FROM STDIN";
 
+/// One job's tasks share its base, read once rather than per row.
 const LIST_TASKS: &str = concat!(
     "SELECT ",
-    task_columns!(),
+    task_columns!("(SELECT base_params FROM jobs WHERE id = $1)"),
     " FROM tasks WHERE job_id = $1 ORDER BY image_index"
 );
 

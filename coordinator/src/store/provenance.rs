@@ -31,6 +31,9 @@ pub(super) struct CompletedRow {
     id: i64,
     image_index: i64,
     params: String,
+    /// The job's base parameters when `params` is a delta against them (Postgres).
+    #[sqlx(default)]
+    base_params: Option<String>,
     output_key: String,
     sha256: Option<String>,
     infotext: Option<String>,
@@ -47,8 +50,9 @@ impl CompletedRow {
             task_id: self.id,
             reason,
         };
-        let params: RenderParams = serde_json::from_str(&self.params)
-            .map_err(|e| corrupt(format!("params are not RenderParams JSON: {e}")))?;
+        let params: RenderParams =
+            super::delta::full_params(self.base_params.as_deref(), &self.params)
+                .map_err(|e| corrupt(format!("params are not RenderParams JSON: {e}")))?;
         let image_index = u32::try_from(self.image_index)
             .map_err(|_| corrupt(format!("image_index {} out of range", self.image_index)))?;
         // The schema's CHECK guarantees both for a completed task.
@@ -83,7 +87,7 @@ macro_rules! completed_columns {
         concat!(
             "id, image_index, ",
             $params,
-            " AS params, output_key, sha256, infotext, attempt, completed_by, leased_at, \
+            ", output_key, sha256, infotext, attempt, completed_by, leased_at, \
              finalized_at, render_ms"
         )
     };

@@ -19,6 +19,9 @@ pub(super) struct TaskRow {
     /// The owning job's priority; only used to order a claim's result.
     priority: i32,
     params: String,
+    /// The job's base parameters when `params` is a delta against them (Postgres).
+    #[sqlx(default)]
+    base_params: Option<String>,
     state: String,
     attempt: i32,
     max_attempts: i32,
@@ -40,8 +43,9 @@ impl TaskRow {
             task_id: self.id,
             reason,
         };
-        let params: RenderParams = serde_json::from_str(&self.params)
-            .map_err(|e| corrupt(format!("params are not RenderParams JSON: {e}")))?;
+        let params: RenderParams =
+            super::delta::full_params(self.base_params.as_deref(), &self.params)
+                .map_err(|e| corrupt(format!("params are not RenderParams JSON: {e}")))?;
         let errors: Vec<String> = serde_json::from_str(&self.errors)
             .map_err(|e| corrupt(format!("errors are not a JSON array of strings: {e}")))?;
         let state = TaskState::parse(&self.state)

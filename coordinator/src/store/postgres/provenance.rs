@@ -5,9 +5,10 @@ use crate::store::provenance::{completed_columns, CompletedRow, CompletedTask};
 use crate::store::Result;
 
 /// Walks `UNIQUE (job_id, image_index)`'s index from `$2` on.
+/// The job's base is read once for the page.
 const COMPLETED_PAGE: &str = concat!(
     "SELECT ",
-    completed_columns!(task_params!()),
+    completed_columns!(task_params!("(SELECT base_params FROM jobs WHERE id = $1)")),
     " FROM tasks WHERE job_id = $1 AND image_index > $2 AND state = 'completed' \
      ORDER BY image_index LIMIT $3"
 );
