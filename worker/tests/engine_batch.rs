@@ -225,10 +225,41 @@ fn batched_hires_fix_matches_rendering_alone() {
     }
 }
 
+/// SDXL (the reference kit's tiny SDXL folder): pooled embeddings and size conditioning per
+/// image, an empty negative prompt (encoded as zeros) beside non-empty ones.
+#[test]
+fn batched_sdxl_matches_rendering_alone() {
+    let kit = match std::env::var_os("SDFARM_REFERENCE_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"),
+    };
+    let model = kit.join("tiny-sdxl/diffusers");
+    if !model.is_dir() {
+        println!("skipped: ../shared/reference (tiny-sdxl) not found");
+        return;
+    }
+    let (_cache, engine) = engine();
+    let params: Vec<RenderParams> = tasks("Euler a", 4)
+        .into_iter()
+        .map(|p| RenderParams {
+            model: model.display().to_string(),
+            width: 64,
+            height: 64,
+            ..p
+        })
+        .collect();
+    let (alone, batched) = compare(&engine, &params);
+    assert_eq!(
+        batched * params.len() as u64,
+        alone,
+        "SDXL batch ran as one pass"
+    );
+}
+
 #[test]
 fn prompts_of_different_lengths_share_the_batch_in_separate_passes() {
     let (_cache, engine) = engine();
-    let long = vec!["a very detailed painting of a harbour"; 12].join(", ");
+    let long = ["a very detailed painting of a harbour"; 12].join(", ");
     let mut params = tasks("Euler a", 4);
     params[1].prompt = long.clone();
     params[3].negative_prompt = long;
