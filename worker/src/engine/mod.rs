@@ -29,8 +29,8 @@ pub mod prompt_parser;
 pub mod resample;
 pub mod sampler;
 pub mod schedule;
-pub mod sdxl;
 pub mod scheduler;
+pub mod sdxl;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod torch_rng;
@@ -51,9 +51,9 @@ pub use pipeline::{Pipeline, SampleSettings, StepTrace};
 pub use sampler::{run_sampler, Sampler, SamplerOptions, SAMPLER_NAMES};
 pub use scheduler::{ScheduleOverrides, ScheduleType};
 
+use crate::models::embeddings::EmbeddingSet;
 use crate::models::lora::{self, LoraUse};
 use crate::models::vae::{LoadedVae, ResolvedVae};
-use crate::models::embeddings::EmbeddingSet;
 use crate::models::{ModelResolver, ResolvedModel};
 use crate::storage::OutputStore;
 
@@ -464,10 +464,7 @@ impl Prepared {
                 vae.decode(latents, self.pipeline.vae_scaling_factor())?,
                 r.path.as_path(),
             ),
-            _ => (
-                self.pipeline.decode(latents)?,
-                self.resolved.dir.as_path(),
-            ),
+            _ => (self.pipeline.decode(latents)?, self.resolved.dir.as_path()),
         };
         nan_check::check(&decoded, nan_check::Stage::Vae, vae_path)?;
         Ok(decoded)
