@@ -175,6 +175,22 @@ async fn main() -> anyhow::Result<()> {
             "queue_counts with 1000000 waiting: median {:.2} ms, max {:.2} ms over 5 calls",
             times[2], times[4]
         );
+        // Reading the job back lays every task's delta over the job's base parameters.
+        let started = Instant::now();
+        let tasks = store.list_tasks(&job.id).await?;
+        let listed = started.elapsed().as_secs_f64();
+        let cells: std::collections::HashSet<(i64, u32, u32)> = tasks
+            .iter()
+            .filter(|t| t.params.prompt == "a lighthouse at dusk, oil painting")
+            .map(|t| (t.params.seed, t.params.cfg_scale as u32, t.params.steps))
+            .collect();
+        anyhow::ensure!(
+            cells.len() == 1_000_000,
+            "the listing holds {} distinct cells with the sweep's prompt",
+            cells.len()
+        );
+        drop(tasks);
+        println!("list_tasks of the million: {listed:.2} s");
         floors(&admin_options.clone().database(&name), out.path(), seconds).await
     }
     .await;
