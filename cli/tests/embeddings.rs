@@ -6,10 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-use common::{image_infotexts, run_sweep, safetensors, sdfarm, tiny_embedding, tiny_sweep, values};
+use common::{
+    coordinator, image_infotexts, run_sweep, safetensors, sdfarm, tiny_embedding, tiny_sweep,
+    values, worker_command, Killed,
+};
 use sha2::{Digest, Sha256};
 
 #[test]
@@ -81,35 +83,6 @@ fn embeddings_and_loras_are_used_by_name_and_listed_in_the_infotext() {
     );
 }
 
-/// A child process killed when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "coordinator never listened on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn worker_embeddings_dir_flag_names_the_folder_embeddings_come_from() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,28 +92,9 @@ fn worker_embeddings_dir_flag_names_the_folder_embeddings_come_from() {
     let embedding = tiny_embedding();
     std::fs::write(embeddings.join("tinystyle.safetensors"), &embedding).unwrap();
 
-    let port = free_port();
-    let addr = format!("http://127.0.0.1:{port}");
-    let bin = env!("CARGO_BIN_EXE_sdfarm");
-    let _coordinator = Killed(
-        Command::new(bin)
-            .arg("coordinator")
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--http", ""])
-            .arg("--store")
-            .arg(dir.path().join("images"))
-            .env_remove("SDFARM_TOKENS_FILE")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
+    let (_coordinator, addr) = coordinator(dir.path());
     let worker = |embeddings_dir: &Path| {
-        Command::new(bin)
-            .args(["worker", "--coordinator", &addr, "--name", "ti"])
-            .arg("--cache")
-            .arg(dir.path().join("cache"))
+        worker_command(dir.path(), &addr)
             .arg("--embeddings-dir")
             .arg(embeddings_dir)
             .env_remove("SDFARM_EMBEDDINGS_DIR")

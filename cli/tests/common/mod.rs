@@ -117,3 +117,55 @@ pub fn tiny_sweep(axis: &str, values: &str) -> String {
          x = {{ type = \"{axis}\", values = \"{values}\" }}\n"
     )
 }
+
+/// A child process killed when the test ends, however it ends.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sdfarm coordinator` on a free loopback port, with a SQLite store and images in
+/// `dir/images`, without tokens; returns it and its address once it listens.
+pub fn coordinator(dir: &Path) -> (Killed, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proc = Killed(
+        Command::new(env!("CARGO_BIN_EXE_sdfarm"))
+            .arg("coordinator")
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("jobs.db").display()))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--http", ""])
+            .arg("--store")
+            .arg(dir.join("images"))
+            .env_remove("SDFARM_TOKENS_FILE")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting sdfarm coordinator"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coordinator never listened on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// `sdfarm worker` for the coordinator at `addr`, its model cache in `dir/cache`; the caller
+/// adds flags and spawns it.
+pub fn worker_command(dir: &Path, addr: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdfarm"));
+    cmd.args(["worker", "--coordinator", addr, "--name", "test-worker"])
+        .arg("--cache")
+        .arg(dir.join("cache"));
+    cmd
+}
