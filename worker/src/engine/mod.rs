@@ -10,6 +10,7 @@
 
 pub mod attention;
 mod batch;
+pub mod brownian;
 mod chain;
 pub mod clip;
 pub mod composable;
