@@ -10,7 +10,7 @@
 //! when one head alone is larger) so that each score tile holds at most [`TILE`] values
 //! (4 MiB): the tile is computed, put through the softmax and multiplied by the values while it
 //! is still in cache, and the allocator reuses the same memory for the next one. The scale is
-//! applied to the query as its heads are split off (one copy either way).
+//! applied to the keys, as candle and diffusers' sliced attention do.
 //!
 //! Everything is composed of candle's own (optimised) operations, so the path is the same in
 //! every build profile and on every device.
@@ -69,13 +69,24 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> R
     let (b, n, inner) = q.dims3()?;
     let m = k.dim(1)?;
     let dtype = q.dtype();
-    let q = split_heads(q, heads)?.affine(scale, 0.)?;
-    let k = split_heads(k, heads)?.contiguous()?;
+    let q = split_heads(q, heads)?.contiguous()?;
+    // Keys transposed to `[b·heads, d, m]` in memory (one copy, with the scale), which the
+    // matrix product reads faster than a transposed view.
+    let k_t = split_heads(k, heads)?
+        .contiguous()?
+        .t()?
+        .affine(scale, 0.)?;
     let v = split_heads(v, heads)?.contiguous()?;
-    let k_t = k.t()?;
     let groups = b * heads;
-    let per_tile = (TILE / (n * m).max(1)).clamp(1, groups);
-    let rows = (TILE / m.max(1)).clamp(1, n);
+    // Splitting has a cost of its own: scores up to two tiles' worth go in one piece.
+    let (per_tile, rows) = if groups * n * m <= 2 * TILE {
+        (groups, n)
+    } else {
+        (
+            (TILE / (n * m).max(1)).clamp(1, groups),
+            (TILE / m.max(1)).clamp(1, n),
+        )
+    };
     let mut out = Vec::with_capacity(groups.div_ceil(per_tile));
     for g in (0..groups).step_by(per_tile) {
         let g_len = per_tile.min(groups - g);
