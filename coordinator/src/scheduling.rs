@@ -362,7 +362,14 @@ impl PoolState {
             }
             None => match Self::most_missing(&needs, &self.waiting, JOIN_MARGIN, cached) {
                 Some(model) => Plan::Load(model),
-                None => Plan::Wait,
+                // Waiting bets on holders; work that no worker holds is never rendered by
+                // waiting (a sweep of many checkpoints with an image or two each).
+                None => match self.neediest(held, worker, now, costs) {
+                    Some((backlog, model)) if backlog.is_infinite() => {
+                        Plan::Load(model.to_string())
+                    }
+                    _ => Plan::Wait,
+                },
             },
         }
     }
@@ -681,6 +688,21 @@ mod tests {
         serve(&s, "w2", "b");
         // a: 300 s per holder vs b: 100 s.
         assert_eq!(s.plan("p", "w3", &[], 0), Plan::Load("a".into()));
+    }
+
+    #[test]
+    fn work_that_nobody_holds_is_loaded_not_waited_for() {
+        let s = Scheduler::default();
+        // One image each for five checkpoints, none of them held by any worker.
+        let models = ["a", "b", "c", "d", "e"];
+        let waiting: Vec<(&str, u64)> = models.iter().map(|m| (*m, 1)).collect();
+        s.refresh(&counts("p", &waiting), 0);
+        costs(&s, 1_000, 30_000);
+        match s.plan("p", "w1", &[], 0) {
+            Plan::Load(m) => assert!(models.contains(&m.as_str()), "{m}"),
+            Plan::Any => {}
+            other => panic!("the only worker must take some of the work, not {other:?}"),
+        }
     }
 
     #[test]
