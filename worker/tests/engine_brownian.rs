@@ -5,7 +5,13 @@
 
 use std::path::Path;
 
+use candle_core::{DType, Device, Tensor};
 use sdfarm_worker::engine::brownian::{python_round, BrownianTreeNoiseSampler, SeedSequence};
+use sdfarm_worker::engine::hires::first_sigma_index;
+use sdfarm_worker::engine::kdiffusion::{self, Algorithm, Options};
+use sdfarm_worker::engine::torch_rng::TorchGenerator;
+use sdfarm_worker::engine::{EngineError, Pipeline, SampleSettings, Sampler};
+use sdfarm_worker::models::write_tiny_model;
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -91,6 +97,95 @@ fn brownian_tree_noise_matches_torchsde() {
     println!("{checked} noise draws match, largest difference {worst:e}");
 }
 
+/// sdfarm's DPM++ 2M SDE and DPM++ SDE, with the Brownian-tree noise source, ask for the
+/// (sigma, sigma_next) pairs k-diffusion passed to its noise sampler and get its noise.
+/// DPM++ SDE's intermediate sigmas come from float32 `exp(-t)` / `-log(sigma)`, where torch's
+/// vectorised exp/log and Rust's can differ by an ulp, so pairs are compared to 1e-6
+/// (relative) and the noise to 1e-6.
+#[test]
+fn samplers_draw_the_recorded_noise() {
+    let fx = fixture();
+    let seeds: Vec<u64> = fx["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    let numel: usize = fx["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .product();
+    let sigmas: Vec<f32> = fx["sigmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| f32_of(s, "sigma"))
+        .collect();
+    let samplers = fx["samplers"].as_object().expect("samplers object");
+    let (mut exact_pairs, mut pairs) = (0usize, 0usize);
+    for (name, calls) in samplers {
+        let algorithm = match name.as_str() {
+            "DPM++ 2M SDE" => Algorithm::Dpmpp2mSde,
+            "DPM++ SDE" => Algorithm::DpmppSde,
+            other => panic!("fixture sampler {other} has no sdfarm algorithm mapped here"),
+        };
+        let calls = calls.as_array().unwrap();
+        for (image, &seed) in seeds.iter().enumerate() {
+            let mut tree = BrownianTreeNoiseSampler::for_sigmas(numel, &sigmas, seed);
+            let x = Tensor::ones(numel, DType::F32, &Device::Cpu).unwrap();
+            let mut denoise = |x: &Tensor, _sigma: f32| -> Result<Tensor, EngineError> {
+                Ok(x.affine(0.5, 0.0)?)
+            };
+            let mut k = 0usize;
+            let mut noise = |sigma: f32, sigma_next: f32| -> Result<Tensor, EngineError> {
+                let call = calls.get(k).unwrap_or_else(|| {
+                    panic!("{name}: more draws than the {} recorded", calls.len())
+                });
+                let (ws, wn) = (
+                    f32_of(&call["sigma"], "sigma"),
+                    f32_of(&call["sigma_next"], "sigma_next"),
+                );
+                for (got, want) in [(sigma, ws), (sigma_next, wn)] {
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.abs(),
+                        "{name}: draw {k} asked for ({sigma}, {sigma_next}), k-diffusion for ({ws}, {wn})"
+                    );
+                }
+                pairs += 1;
+                exact_pairs += usize::from(sigma == ws && sigma_next == wn);
+                let got = tree.noise(sigma, sigma_next);
+                let want = hex_f32s(call["noise"][image].as_str().unwrap());
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-6,
+                        "{name}, seed {seed}, draw {k}, element {j}: {g} vs torchsde {w}"
+                    );
+                }
+                k += 1;
+                Ok(Tensor::from_vec(got, numel, &Device::Cpu)?)
+            };
+            let options = Options {
+                eta: 1.0,
+                ..Options::default()
+            };
+            kdiffusion::sample_over_intervals(
+                algorithm,
+                &mut denoise,
+                x,
+                &sigmas,
+                &options,
+                &mut noise,
+                &mut |_| Ok(true),
+            )
+            .unwrap();
+            assert_eq!(k, calls.len(), "{name}: number of noise draws");
+        }
+    }
+    println!("{pairs} draws, {exact_pairs} with bit-identical sigmas");
+}
+
 #[test]
 fn sampler_bounds_are_a1111s() {
     let fx = fixture();
@@ -145,4 +240,98 @@ fn seed_sequence_matches_numpy() {
             "SeedSequence(entropy={entropy}, spawn_key={key:?}, pool_size={pool})"
         );
     }
+}
+
+/// The pipeline's SDE samplers, given the image seeds, take their noise from each image's
+/// Brownian tree bounded by the full schedule (also for a partial, img2img-style denoise) and
+/// never from the image generator: the result equals a run fed those tree draws explicitly.
+#[test]
+fn pipeline_sde_samplers_draw_from_the_image_seed_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path()).unwrap();
+    let pipeline = Pipeline::load(dir.path()).unwrap();
+    let cond = vec![(1usize, pipeline.encode_prompt("a red cat", 0).unwrap())];
+    let uncond = vec![(1usize, pipeline.encode_prompt("", 0).unwrap())];
+    let shape = pipeline.latent_shape(64, 64).unwrap();
+    let numel: usize = shape.iter().product();
+    let device = pipeline.device().clone();
+    let latents = |seed: u64| {
+        Tensor::from_vec(
+            TorchGenerator::new(seed).randn(numel),
+            shape.to_vec(),
+            &device,
+        )
+        .unwrap()
+    };
+    let init = latents(99);
+    let mut runs = 0;
+    for sampler in [Sampler::Dpmpp2mSde, Sampler::Dpmpp3mSde] {
+        for seed in [5u64, (1 << 32) + 9] {
+            for partial in [None, Some((&init, 3usize))] {
+                let settings = SampleSettings::new(sampler, 6, 5.0);
+                let noise = latents(seed);
+                let mut never = || -> Result<Tensor, EngineError> {
+                    panic!("{sampler:?} drew noise from the image generator")
+                };
+                let seeded = pipeline
+                    .sample_composable_seeded(
+                        &settings,
+                        &[(&cond, 1.0)],
+                        &uncond,
+                        &noise,
+                        partial,
+                        &[seed as i64],
+                        &mut never,
+                        &mut |_| true,
+                    )
+                    .unwrap();
+
+                // The same run with the tree's draws supplied in k-diffusion's call order.
+                let full = settings.sigmas(pipeline.schedule()).unwrap();
+                let first = partial.map_or(0, |(_, t_enc)| {
+                    first_sigma_index(settings.steps, t_enc).min(full.len() - 1)
+                });
+                let run = &full[first..];
+                let mut tree = BrownianTreeNoiseSampler::for_sigmas(numel, &full, seed);
+                let mut draws = (0..run.len() - 1)
+                    .filter(|&i| run[i + 1] > 0.0)
+                    .map(|i| tree.noise(run[i], run[i + 1]))
+                    .collect::<Vec<_>>()
+                    .into_iter();
+                let mut explicit = || -> Result<Tensor, EngineError> {
+                    let values = draws.next().expect("more draws than steps");
+                    Ok(Tensor::from_vec(values, shape.to_vec(), &device)?)
+                };
+                let fed = pipeline
+                    .sample_composable(
+                        &settings,
+                        &[(&cond, 1.0)],
+                        &uncond,
+                        &noise,
+                        partial,
+                        &mut explicit,
+                        &mut |_| true,
+                    )
+                    .unwrap();
+                assert_eq!(draws.len(), 0, "{sampler:?}: not every tree draw was used");
+                let diff = (&seeded - &fed)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(
+                    diff, 0.0,
+                    "{sampler:?}, seed {seed}, partial {}: seeded run differs from the tree's draws",
+                    partial.is_some()
+                );
+                runs += 1;
+            }
+        }
+    }
+    println!("{runs} pipeline runs take the Brownian tree's noise");
 }

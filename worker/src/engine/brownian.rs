@@ -14,9 +14,9 @@
 //!   ends of the tree.
 //!
 //! The one step not reproduced to the bit is torch-CPU's float32 `sqrt` of the 0-dim step
-//! `|sigma_next - sigma|` (MKL's vector sqrt, not always correctly rounded): sdfarm uses the
-//! correctly rounded one (as CUDA's `sqrtf` is), so a draw can differ by one ulp of that
-//! divisor (at most ~5e-7 on unit-variance noise).
+//! `|sigma_next - sigma|`, which is not always correctly rounded: sdfarm uses the correctly
+//! rounded one (as CUDA's `sqrtf` is), so a draw can differ by one ulp of that divisor (at
+//! most ~5e-7 on unit-variance noise).
 //!
 //! Values do not depend on the order of queries (the tree is the dyadic one), so a cache of
 //! recent increments only saves work; it never changes a value.

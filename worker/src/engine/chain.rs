@@ -368,12 +368,13 @@ pub(super) fn render_pixels(
             report(t.step, t.total, 0)
         };
         match init_image {
-            None => pipeline.sample_composable(
+            None => pipeline.sample_composable_seeded(
                 &settings(params, first.0, first.1, steps),
                 &weighted(&cond),
                 &uncond,
                 &noise,
                 None,
+                &[params.seed],
                 &mut fresh,
                 &mut observe,
             )?,
@@ -383,12 +384,13 @@ pub(super) fn render_pixels(
                 let resized = resample::upscale_pixels(image, params.width, params.height, false);
                 let init = encode(pipeline, &resized, params.seed)?;
                 let (schedule_len, t_enc) = hires::img2img_steps(steps, strength, false);
-                pipeline.sample_composable(
+                pipeline.sample_composable_seeded(
                     &settings(params, first.0, first.1, schedule_len),
                     &weighted(&cond),
                     &uncond,
                     &noise,
                     Some((&init, t_enc)),
+                    &[params.seed],
                     &mut fresh,
                     &mut observe,
                 )?
@@ -423,12 +425,13 @@ pub(super) fn render_pixels(
                 &device,
             )?)
         };
-        latents = pipeline.sample_composable(
+        latents = pipeline.sample_composable_seeded(
             &settings(params, hr.sampler, hr.schedule, schedule_len),
             &weighted(&hr_cond),
             &hr_uncond,
             &hr_noise,
             Some((&cropped.contiguous()?, t_enc)),
+            &[params.seed],
             &mut fresh,
             &mut |t| report(t.step, 0, offset),
         )?;

@@ -3,8 +3,9 @@
 //! samplers.
 //!
 //! The model is only seen through the denoiser closure and the noise through a closure that
-//! returns the next standard-normal draw, so every algorithm here is testable with analytic
-//! models and caller-chosen noise. Per-step scalars (log-sigmas, step sizes, expm1 factors) are
+//! returns the next standard-normal draw ([`sample`]) or the draw for a given `(sigma,
+//! sigma_next)` ([`sample_over_intervals`], k-diffusion's `noise_sampler`), so every
+//! algorithm here is testable with analytic models and caller-chosen noise. Per-step scalars (log-sigmas, step sizes, expm1 factors) are
 //! computed on the host in float32, as the reference computes them with 0-dim float32 tensors;
 //! only the element-wise updates are tensor operations.
 
@@ -12,6 +13,10 @@ use candle_core::Tensor;
 
 use super::sampler::{NoiseFn, StepFn, StepInfo};
 use super::EngineError;
+
+/// The standard-normal draw for the step from `sigma` to `sigma_next` (k-diffusion's
+/// `noise_sampler(sigma, sigma_next)`), shaped like the latents.
+pub type IntervalNoiseFn<'a> = dyn FnMut(f32, f32) -> Result<Tensor, EngineError> + 'a;
 
 /// `D(x, sigma)`: the denoised estimate of `x` at noise level `sigma`.
 pub type DenoiseFn<'a> = dyn FnMut(&Tensor, f32) -> Result<Tensor, EngineError> + 'a;
@@ -134,10 +139,28 @@ fn log_midpoint(a: f32, b: f32) -> f32 {
 pub fn sample(
     algorithm: Algorithm,
     denoise: &mut DenoiseFn<'_>,
-    mut x: Tensor,
+    x: Tensor,
     sigmas: &[f32],
     opts: &Options,
     noise: &mut NoiseFn<'_>,
+    on_step: &mut StepFn<'_>,
+) -> Result<Tensor, EngineError> {
+    let mut next = |_: f32, _: f32| noise();
+    sample_over_intervals(algorithm, denoise, x, sigmas, opts, &mut next, on_step)
+}
+
+/// [`sample`] with a noise source told which step each draw is for: `noise(sigma,
+/// sigma_next)` as k-diffusion calls its `noise_sampler` (the SDE samplers' pairs, including
+/// DPM++ SDE's intermediate sigma; ancestral draws get the step's two sigmas, churn draws
+/// `sigmas[i], sigmas[i + 1]`). A1111's SDE samplers use it for the Brownian-tree noise
+/// ([`super::brownian`]).
+pub fn sample_over_intervals(
+    algorithm: Algorithm,
+    denoise: &mut DenoiseFn<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    opts: &Options,
+    noise: &mut IntervalNoiseFn<'_>,
     on_step: &mut StepFn<'_>,
 ) -> Result<Tensor, EngineError> {
     if sigmas.len() < 2 {
@@ -157,7 +180,7 @@ pub fn sample(
                 let d = to_d(&x, s, &denoised)?;
                 let mut x = add_scaled(&x, &d, down - s)?;
                 if s_next > 0.0 {
-                    x = add_scaled(&x, &noise()?, opts.s_noise * up)?;
+                    x = add_scaled(&x, &noise(s, s_next)?, opts.s_noise * up)?;
                 }
                 x
             }
@@ -173,7 +196,7 @@ pub fn sample(
                     let x2 = add_scaled(&x, &d, mid - s)?;
                     let d2 = to_d(&x2, mid, &denoise(&x2, mid)?)?;
                     let x = add_scaled(&x, &d2, down - s)?;
-                    add_scaled(&x, &noise()?, opts.s_noise * up)?
+                    add_scaled(&x, &noise(s, s_next)?, opts.s_noise * up)?
                 }
             }
             Algorithm::Lms => {
@@ -217,7 +240,7 @@ pub fn sample(
                     )?
                 };
                 if s_next > 0.0 {
-                    x = add_scaled(&x, &noise()?, opts.s_noise * up)?;
+                    x = add_scaled(&x, &noise(s, s_next)?, opts.s_noise * up)?;
                 }
                 x
             }
@@ -280,7 +303,7 @@ fn churned_step(
     sigmas: &[f32],
     i: usize,
     opts: &Options,
-    noise: &mut NoiseFn<'_>,
+    noise: &mut IntervalNoiseFn<'_>,
 ) -> Result<Tensor, EngineError> {
     let (s, s_next) = (sigmas[i], sigmas[i + 1]);
     let gamma = if opts.s_tmin <= s && s <= opts.s_tmax {
@@ -291,7 +314,7 @@ fn churned_step(
     // k-diffusion draws this noise on every step whatever gamma is; it only changes the
     // generator's position, which matters only when churn is on at all.
     let eps = if opts.s_churn > 0.0 {
-        Some(scaled(&noise()?, opts.s_noise)?)
+        Some(scaled(&noise(sigmas[i], sigmas[i + 1])?, opts.s_noise)?)
     } else {
         None
     };
@@ -352,7 +375,7 @@ fn dpmpp_sde_step(
     sigmas: &[f32],
     i: usize,
     opts: &Options,
-    noise: &mut NoiseFn<'_>,
+    noise: &mut IntervalNoiseFn<'_>,
 ) -> Result<Tensor, EngineError> {
     let (s, s_next) = (sigmas[i], sigmas[i + 1]);
     let denoised = denoise(&x, s)?;
@@ -373,7 +396,11 @@ fn dpmpp_sde_step(
         &denoised,
         -(t - s_).exp_m1(),
     )?;
-    let x2 = add_scaled(&x2, &noise()?, opts.s_noise * su)?;
+    let x2 = add_scaled(
+        &x2,
+        &noise(sigma_fn(t), sigma_fn(s_mid))?,
+        opts.s_noise * su,
+    )?;
     let denoised2 = denoise(&x2, sigma_fn(s_mid))?;
 
     let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(t_next), opts.eta);
@@ -385,7 +412,11 @@ fn dpmpp_sde_step(
         &denoised_d,
         -(t - t_next_).exp_m1(),
     )?;
-    add_scaled(&x, &noise()?, opts.s_noise * su)
+    add_scaled(
+        &x,
+        &noise(sigma_fn(t), sigma_fn(t_next))?,
+        opts.s_noise * su,
+    )
 }
 
 /// One step of `sample_dpmpp_2m_sde`.
@@ -395,7 +426,7 @@ fn dpmpp_2m_sde_step(
     sigmas: &[f32],
     i: usize,
     opts: &Options,
-    noise: &mut NoiseFn<'_>,
+    noise: &mut IntervalNoiseFn<'_>,
     history: &mut History,
 ) -> Result<Tensor, EngineError> {
     let (s, s_next) = (sigmas[i], sigmas[i + 1]);
@@ -419,7 +450,7 @@ fn dpmpp_2m_sde_step(
         }
         if opts.eta != 0.0 {
             let k = s_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * opts.s_noise;
-            x = add_scaled(&x, &noise()?, k)?;
+            x = add_scaled(&x, &noise(s, s_next)?, k)?;
         }
         x
     };
@@ -435,7 +466,7 @@ fn dpmpp_3m_sde_step(
     sigmas: &[f32],
     i: usize,
     opts: &Options,
-    noise: &mut NoiseFn<'_>,
+    noise: &mut IntervalNoiseFn<'_>,
     history: &mut History,
 ) -> Result<Tensor, EngineError> {
     let (s, s_next) = (sigmas[i], sigmas[i + 1]);
@@ -476,7 +507,7 @@ fn dpmpp_3m_sde_step(
         }
         if opts.eta != 0.0 {
             let k = s_next * (-(-2.0 * step * opts.eta).exp_m1()).sqrt() * opts.s_noise;
-            x = add_scaled(&x, &noise()?, k)?;
+            x = add_scaled(&x, &noise(s, s_next)?, k)?;
         }
         x
     };

@@ -274,6 +274,16 @@ impl Sampler {
         })
     }
 
+    /// A1111's `brownian_noise` option: the sampler's noise comes from k-diffusion's
+    /// `BrownianTreeNoiseSampler`, one tree per image seeded with the image's seed
+    /// ([`super::brownian`]), instead of the image's generator.
+    pub fn brownian_noise(self) -> bool {
+        matches!(
+            self,
+            Sampler::DpmppSde | Sampler::Dpmpp2mSde | Sampler::Dpmpp2mSdeHeun | Sampler::Dpmpp3mSde
+        )
+    }
+
     /// A1111's `second_order` option: two model calls per step, so prompt-editing schedules
     /// are laid out over twice the steps.
     pub fn second_order(self) -> bool {

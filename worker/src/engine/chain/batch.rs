@@ -3,8 +3,9 @@
 //! rows) — and every image as it renders alone (the VAE decodes each image on its own).
 //!
 //! What stays per image is what A1111 keeps per image in a batch: the seed's generator for
-//! the initial noise and for every ancestral / SDE / eta draw (each step draws each image's
-//! noise from its own generator, in order), the variation seed, the img2img posterior sample,
+//! the initial noise and for every ancestral / eta draw (each step draws each image's noise
+//! from its own generator, in order), the SDE samplers' Brownian tree seeded with the image's
+//! seed, the variation seed, the img2img posterior sample,
 //! the prompt and negative prompt with their own prompt-editing schedules, and the
 //! textual-inversion embeddings they used. Schedules that switch at different model calls are
 //! merged: the pass's schedule has an entry at every image's switch, each image's rows being
@@ -50,6 +51,8 @@ struct Prepared {
     noise: Tensor,
     /// The image's generator, continuing after the initial noise.
     source: NoiseSource,
+    /// The image's seed, which also seeds the SDE samplers' Brownian tree.
+    seed: i64,
     cond: Vec<(ScheduledCond, f64)>,
     uncond: ScheduledCond,
     /// The latents a partial pass starts from: img2img's init (encoded with the image's own
@@ -170,6 +173,7 @@ fn run_passes(
                 .map(|&i| &inputs[i].uncond)
                 .collect::<Vec<_>>(),
         )?;
+        let seeds: Vec<i64> = members.iter().map(|&i| inputs[i].seed).collect();
         let dims = noise.dims().to_vec();
         let per_image: usize = dims[1..].iter().product();
         // Each draw is every image's next draw from its own generator, in batch order.
@@ -196,12 +200,13 @@ fn run_passes(
                 done + t.total as u32 * pass_count + later,
             )
         };
-        let out = pipeline.sample_composable(
+        let out = pipeline.sample_composable_seeded(
             settings,
             &weighted(&cond),
             &uncond,
             &noise,
             init.as_ref().map(|(init, t_enc)| (init, *t_enc)),
+            &seeds,
             &mut fresh,
             &mut observe,
         )?;
@@ -270,6 +275,7 @@ pub(in crate::engine) fn render_pixels_batch(
         inputs.push(Prepared {
             noise: noise.to_device(&device)?,
             source,
+            seed: p.seed,
             cond,
             uncond,
             init,
@@ -319,6 +325,7 @@ pub(in crate::engine) fn render_pixels_batch(
             hr_inputs.push(Prepared {
                 noise: noise.to_device(&device)?,
                 source,
+                seed: p.seed,
                 cond,
                 uncond,
                 init: Some(start.contiguous()?),

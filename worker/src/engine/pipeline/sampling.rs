@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use candle_core::{IndexOp, Tensor};
 
 use super::super::batch;
+use super::super::brownian::BrownianTreeNoiseSampler;
 use super::super::composable;
 use super::super::conditioning;
 use super::super::kdiffusion;
@@ -32,6 +33,7 @@ impl Pipeline {
             &[(cond, 1.0)],
             uncond,
             noise,
+            None,
             None,
             fresh_noise,
             observe,
@@ -59,6 +61,35 @@ impl Pipeline {
             uncond,
             noise,
             partial,
+            None,
+            fresh_noise,
+            observe,
+        )
+    }
+
+    /// [`Pipeline::sample_composable`] for images with known seeds, one per latent row: the
+    /// SDE samplers ([`sampler::Sampler::brownian_noise`]) then draw their noise from each
+    /// image's Brownian tree seeded with its seed, as A1111's `create_noise_sampler` does;
+    /// every other draw still comes from `fresh_noise`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_composable_seeded(
+        &self,
+        settings: &SampleSettings,
+        conds: &[(&ScheduledCond, f64)],
+        uncond: &ScheduledCond,
+        noise: &Tensor,
+        partial: Option<(&Tensor, usize)>,
+        seeds: &[i64],
+        fresh_noise: &mut NoiseFn<'_>,
+        observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
+    ) -> Result<Tensor, EngineError> {
+        self.sample_from(
+            settings,
+            conds,
+            uncond,
+            noise,
+            partial,
+            Some(seeds),
             fresh_noise,
             observe,
         )
@@ -86,6 +117,7 @@ impl Pipeline {
             uncond,
             noise,
             Some((init, t_enc)),
+            None,
             fresh_noise,
             observe,
         )
@@ -99,6 +131,7 @@ impl Pipeline {
         uncond: &ScheduledCond,
         noise: &Tensor,
         partial: Option<(&Tensor, usize)>,
+        seeds: Option<&[i64]>,
         fresh_noise: &mut NoiseFn<'_>,
         observe: &mut dyn FnMut(StepTrace<'_>) -> bool,
     ) -> Result<Tensor, EngineError> {
@@ -202,6 +235,13 @@ impl Pipeline {
         match settings.sampler.algorithm() {
             Some(algorithm) => {
                 let mut sigmas = settings.sigmas(&self.schedule)?;
+                // A1111 bounds the Brownian trees by the full schedule, also for img2img.
+                let trees = match seeds {
+                    Some(seeds) if settings.sampler.brownian_noise() => {
+                        Some(brownian_trees(noise, &sigmas, seeds)?)
+                    }
+                    _ => None,
+                };
                 let x = match partial {
                     None => noise.affine(sigmas[0] as f64, 0.0)?,
                     Some((init, t_enc)) => {
@@ -211,13 +251,26 @@ impl Pipeline {
                         (init + noise.affine(sigmas[0] as f64, 0.0)?)?
                     }
                 };
+                let dims = x.dims().to_vec();
+                let device = x.device().clone();
+                let mut trees = trees;
+                let mut interval_noise = |sigma: f32, sigma_next: f32| match trees.as_mut() {
+                    Some(trees) => {
+                        let mut values = Vec::with_capacity(dims.iter().product());
+                        for tree in trees.iter_mut() {
+                            values.extend(tree.noise(sigma, sigma_next));
+                        }
+                        Ok(Tensor::from_vec(values, dims.clone(), &device)?)
+                    }
+                    None => fresh_noise(),
+                };
                 self.run_kdiffusion(
                     algorithm,
                     settings,
                     &sigmas,
                     x,
                     &guided_eps,
-                    fresh_noise,
+                    &mut interval_noise,
                     &mut on_step,
                 )
             }
@@ -302,7 +355,7 @@ impl Pipeline {
         sigmas: &[f32],
         x: Tensor,
         guided_eps: &dyn Fn(&Tensor, f64) -> Result<Tensor, EngineError>,
-        fresh_noise: &mut NoiseFn<'_>,
+        fresh_noise: &mut kdiffusion::IntervalNoiseFn<'_>,
         on_step: &mut sampler::StepFn<'_>,
     ) -> Result<Tensor, EngineError> {
         let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor, EngineError> {
@@ -320,7 +373,7 @@ impl Pipeline {
             }
         };
         let options = settings.options.kdiffusion(settings.sampler);
-        kdiffusion::sample(
+        kdiffusion::sample_over_intervals(
             algorithm,
             &mut denoise,
             x,
@@ -330,4 +383,37 @@ impl Pipeline {
             on_step,
         )
     }
+}
+
+/// One [`BrownianTreeNoiseSampler`] per latent row (image), seeded with the image's seed and
+/// bounded by `sigmas[sigmas > 0].min()` and `sigmas.max()`, as A1111's
+/// `create_noise_sampler` builds k-diffusion's.
+fn brownian_trees(
+    noise: &Tensor,
+    sigmas: &[f32],
+    seeds: &[i64],
+) -> Result<Vec<BrownianTreeNoiseSampler>, EngineError> {
+    let dims = noise.dims();
+    if dims.first() != Some(&seeds.len()) {
+        return Err(EngineError::param(
+            "seeds",
+            seeds.len(),
+            format!("one seed per latent row ({dims:?})"),
+        ));
+    }
+    let per_image: usize = dims[1..].iter().product();
+    let trees = seeds
+        .iter()
+        .map(|&seed| {
+            let seed = u64::try_from(seed).map_err(|_| {
+                EngineError::param(
+                    "seed",
+                    seed,
+                    "a non-negative seed (the SDE samplers' Brownian tree is seeded through numpy's SeedSequence)",
+                )
+            })?;
+            Ok(BrownianTreeNoiseSampler::for_sigmas(per_image, sigmas, seed))
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    Ok(trees)
 }
