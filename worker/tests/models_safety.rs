@@ -156,13 +156,13 @@ fn bad_files(dir: &Path) -> Vec<(PathBuf, &'static str)> {
         (
             write(
                 dir,
-                "sdxl.safetensors",
+                "sdxl-refiner.safetensors",
                 &safetensors_bytes(&[
                     ("model.diffusion_model.out.2.bias", vec![4]),
-                    ("conditioner.embedders.1.model.ln_final.weight", vec![4]),
+                    ("conditioner.embedders.0.model.ln_final.weight", vec![4]),
                 ]),
             ),
-            "SDXL base",
+            "SDXL refiner",
         ),
         (
             write(
@@ -265,5 +265,24 @@ fn the_engine_keeps_rendering_after_bad_models() {
             .unwrap();
         assert_eq!(after.rgb, before.rgb);
     }
+    // An SDXL base checkpoint resolves like any other, but one missing its second text
+    // encoder fails to load with the part named, and the engine goes on.
+    let partial = write(
+        dir.path(),
+        "sdxl-partial.safetensors",
+        &safetensors_bytes(&[
+            ("model.diffusion_model.out.2.bias", vec![4]),
+            ("conditioner.embedders.1.model.ln_final.weight", vec![4]),
+        ]),
+    );
+    let err = engine
+        .render(&params(partial.to_str().unwrap()), &mut |_, _| true)
+        .unwrap_err();
+    assert!(!err.retryable(), "{err}");
+    assert!(err.to_string().contains("second text encoder"), "{err}");
+    let after = engine
+        .render(&params(BUILTIN_TINY), &mut |_, _| true)
+        .unwrap();
+    assert_eq!(after.rgb, before.rgb);
     assert_eq!(engine.loaded_models(), vec![BUILTIN_TINY.to_string()]);
 }

@@ -63,6 +63,40 @@ impl FileKind {
     }
 }
 
+/// Opens a single file that must be of `kind` (`what`, e.g. "an SDXL base checkpoint", with
+/// the `layout` name "SDXL" in messages) and maps its keys
+/// onto the diffusers parts; a file of another kind, or one with tensors that fit no part of
+/// the layout, is refused with what it is or a few of the tensors named.
+pub fn open_as(
+    path: &Path,
+    kind: FileKind,
+    what: &str,
+    layout: &str,
+) -> Result<(SafeFile, KeyMap), EngineError> {
+    let file = SafeFile::open(path)?;
+    let found = detect(&file);
+    if found != kind {
+        return Err(EngineError::invalid_model(
+            path,
+            format!("this file is {}, not {what}", found.describe()),
+        ));
+    }
+    let map = ldm_keys::map_keys(file.tensors().keys().map(String::as_str));
+    if !map.unknown.is_empty() {
+        let sample: Vec<&str> = map.unknown.iter().take(3).map(String::as_str).collect();
+        return Err(EngineError::invalid_model(
+            path,
+            format!(
+                "{} tensors do not fit the {layout} layout (e.g. {}); the network would be \
+                 built wrong",
+                map.unknown.len(),
+                sample.join(", ")
+            ),
+        ));
+    }
+    Ok((file, map))
+}
+
 /// Classifies a file by its tensor names.
 pub fn detect(file: &SafeFile) -> FileKind {
     let names = file.tensors();

@@ -24,7 +24,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use super::ldm_keys::{self, Part};
+use super::ldm_keys::Part;
 use super::safe_file::SafeFile;
 use super::single_file::{self, FileKind};
 use super::single_file_xl::{open_clip_tensors, shapes_of, unet_heads};
@@ -56,24 +56,8 @@ pub fn prediction_from_metadata(file: &SafeFile) -> Option<Prediction> {
 
 /// Loads an SD 2.x single-file checkpoint onto `device`.
 pub fn load_sd2(path: &Path, device: &Device) -> Result<Pipeline, EngineError> {
-    let file = SafeFile::open(path)?;
-    let kind = single_file::detect(&file);
-    if kind != FileKind::Sd2 {
-        return Err(EngineError::invalid_model(
-            path,
-            format!("this file is {}, not an SD 2.x checkpoint", kind.describe()),
-        ));
-    }
+    let (file, map) = single_file::open_as(path, FileKind::Sd2, "an SD 2.x checkpoint", "SD 2.x")?;
     let bad = |reason: String| EngineError::invalid_model(path, reason);
-    let map = ldm_keys::map_keys(file.tensors().keys().map(String::as_str));
-    if !map.unknown.is_empty() {
-        let sample: Vec<&str> = map.unknown.iter().take(3).map(String::as_str).collect();
-        return Err(bad(format!(
-            "{} tensors do not fit the SD 2.x layout (e.g. {}); the network would be built wrong",
-            map.unknown.len(),
-            sample.join(", ")
-        )));
-    }
 
     let clip = open_clip_tensors(&file, SD2_CLIP_PREFIX, device)?;
     let mut clip_config = single_file::clip_config(&shapes_of(&clip)).map_err(bad)?;

@@ -21,7 +21,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ldm_keys::{self, Part};
+use super::ldm_keys::Part;
 use super::safe_file::SafeFile;
 use super::single_file::{self, FileKind, Shapes};
 use crate::engine::clip::ClipActivation;
@@ -132,7 +132,7 @@ pub(crate) fn open_clip_tensors(
             None => {
                 return Err(bad(format!(
                     "{prefix}{rest} does not fit an OpenCLIP text encoder"
-                )))
+                )));
             }
         }
     }
@@ -148,27 +148,9 @@ pub(crate) fn shapes_of(tensors: &HashMap<String, Tensor>) -> Shapes {
 
 /// Loads an SDXL base single-file checkpoint onto `device`.
 pub fn load_sdxl(path: &Path, device: &Device) -> Result<Pipeline, EngineError> {
-    let file = SafeFile::open(path)?;
-    let kind = single_file::detect(&file);
-    if kind != FileKind::Sdxl {
-        return Err(EngineError::invalid_model(
-            path,
-            format!(
-                "this file is {}, not an SDXL base checkpoint",
-                kind.describe()
-            ),
-        ));
-    }
+    let (file, map) =
+        single_file::open_as(path, FileKind::Sdxl, "an SDXL base checkpoint", "SDXL")?;
     let bad = |reason: String| EngineError::invalid_model(path, reason);
-    let map = ldm_keys::map_keys(file.tensors().keys().map(String::as_str));
-    if !map.unknown.is_empty() {
-        let sample: Vec<&str> = map.unknown.iter().take(3).map(String::as_str).collect();
-        return Err(bad(format!(
-            "{} tensors do not fit the SDXL layout (e.g. {}); the network would be built wrong",
-            map.unknown.len(),
-            sample.join(", ")
-        )));
-    }
 
     let clip_2 = open_clip_tensors(&file, OPEN_CLIP_PREFIX, device)?;
     let shapes_2 = shapes_of(&clip_2);
