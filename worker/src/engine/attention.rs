@@ -1,5 +1,5 @@
 //! The UNet's attention (diffusers `Attention` with `to_q`/`to_k`/`to_v`/`to_out.0`), tiled so
-//! that no score tensor outgrows the caches.
+//! that no score tensor grows with the image.
 //!
 //! candle's `CrossAttention` materialises the whole score tensor `[batch·heads, n, m]`, writes
 //! a second one for the softmax and reads it again for the value product. At 1024 tokens with
@@ -10,7 +10,8 @@
 //! when one head alone is larger) so that each score tile holds at most [`TILE`] values
 //! (4 MiB): the tile is computed, put through the softmax and multiplied by the values while it
 //! is still in cache, and the allocator reuses the same memory for the next one. The scale is
-//! applied to the keys, as candle and diffusers' sliced attention do.
+//! applied to the keys, as candle's `CrossAttention` does. Scores up to two tiles' worth
+//! (cross-attention over 77 keys at SD 1.5's 32×32 latent) go in one piece.
 //!
 //! Everything is composed of candle's own (optimised) operations, so the path is the same in
 //! every build profile and on every device.
