@@ -86,7 +86,13 @@ impl PoolState {
 
     /// The shortest time in which the waiting work can finish if the free workers and the
     /// holders to spare move to the models short of workers (each mover paying a load).
-    pub(super) fn target(&self, me: &str, mine: Option<&str>, now: Millis, costs: Costs) -> Option<f64> {
+    pub(super) fn target(
+        &self,
+        me: &str,
+        mine: Option<&str>,
+        now: Millis,
+        costs: Costs,
+    ) -> Option<f64> {
         let free = self.free_workers(me, now) + if mine.is_none() { 1.0 } else { 0.0 };
         let feasible = |t: f64| {
             let (mut missing, mut spare) = (0.0, 0.0);
