@@ -247,10 +247,15 @@ async fn draining_worker_finishes_its_task_when_there_is_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sweep_survives_workers_killed_again_and_again() {
+    const KILLS: u32 = 3;
     let farm = Farm::start(1, None).await;
-    let job = farm.submit(&sweep(6, 10));
+    // Three kills can land on the same task (a fresh worker often leases the one the last
+    // victim lost, once the rescuer returns it); with the default three attempts that task
+    // would rightly be discarded. One attempt more than there are kills means no kill
+    // pattern may cost an image.
+    let job = farm.submit(&format!("{}max_attempts = {}\n", sweep(6, 10), KILLS + 1));
     let _steady = farm.worker("steady", 0, "5");
-    for round in 0..3 {
+    for round in 0..KILLS {
         let mut victim = farm.worker(&format!("victim-{round}"), 0, "5");
         let name = victim.name.clone();
         let start = Instant::now();
