@@ -143,6 +143,23 @@ pub struct DatasetCells {
     pub next_index: u32,
 }
 
+impl DatasetCells {
+    /// Adds a cell key as a backend stores it (64 hex digits); anything else is corrupt data.
+    fn add_stored_key(&mut self, text: &str, job_id: &str) -> Result<()> {
+        let key = crate::dataset::parse_key(text).ok_or_else(|| StoreError::Corrupt {
+            task_id: -1,
+            reason: format!("cell key {text:?} of job {job_id} is not 64 hex digits"),
+        })?;
+        self.keys.insert(key);
+        Ok(())
+    }
+
+    /// Sets the next free image index from the stored one (saturating at `u32::MAX`).
+    fn set_next_index(&mut self, next: i64) {
+        self.next_index = u32::try_from(next).unwrap_or(u32::MAX);
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskCounts {
     pub total: u64,

@@ -32,18 +32,14 @@ pub(super) async fn cells(store: &SqliteStore, job_id: &str) -> Result<Option<Da
         .bind(job_id)
         .fetch(&store.pool);
     while let Some(text) = rows.try_next().await? {
-        let key = crate::dataset::parse_key(&text).ok_or_else(|| StoreError::Corrupt {
-            task_id: -1,
-            reason: format!("cell key {text:?} of job {job_id} is not 64 hex digits"),
-        })?;
-        cells.keys.insert(key);
+        cells.add_stored_key(&text, job_id)?;
     }
     drop(rows);
     let next: i64 = sqlx::query_scalar(NEXT_INDEX)
         .bind(job_id)
         .fetch_one(&store.pool)
         .await?;
-    cells.next_index = u32::try_from(next).unwrap_or(u32::MAX);
+    cells.set_next_index(next);
     Ok(Some(cells))
 }
 
